@@ -1,0 +1,71 @@
+"""Export the reference policy to ONNX (dynamic batch), the file the policy core serves."""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from openpi_policy import spec
+
+DEFAULT_OPSET = 17
+DEFAULT_OUTPUT = Path("model_repository/policy_core/1/model.onnx")
+
+
+def example_inputs(batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs with the policy core's names, dtypes and shapes."""
+    rng = np.random.default_rng(seed)
+    inputs: dict[str, np.ndarray] = {}
+    for name, (dtype, shape) in spec.CORE_INPUTS.items():
+        full = (batch, *shape)
+        if dtype == "bool":
+            inputs[name] = np.ones(full, bool)
+        elif dtype == "int64":
+            inputs[name] = rng.integers(2, 200, full, dtype=np.int64)
+        else:
+            inputs[name] = rng.standard_normal(full).astype(np.float32)
+    return inputs
+
+
+def export_reference_policy(output: Path = DEFAULT_OUTPUT, seed: int = 0, opset: int = DEFAULT_OPSET) -> Path:
+    """Write `model.onnx` for the reference policy with seeded weights; returns its path."""
+    import torch
+
+    from openpi_policy.reference_model import build_reference_policy
+
+    model = build_reference_policy(seed)
+    example = tuple(torch.from_numpy(value) for value in example_inputs(batch=2).values())
+    names = list(spec.CORE_INPUTS)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_suffix(".onnx.tmp")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            model,
+            example,
+            str(tmp),
+            input_names=names,
+            output_names=list(spec.CORE_OUTPUTS),
+            dynamic_axes={name: {0: "batch"} for name in [*names, *spec.CORE_OUTPUTS]},
+            opset_version=opset,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+    tmp.replace(output)  # atomic: a half-written model.onnx is never served
+    return output
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    args = parser.parse_args(argv)
+    print(export_reference_policy(args.output, args.seed, args.opset))
+
+
+if __name__ == "__main__":
+    main()
