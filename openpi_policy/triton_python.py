@@ -1,0 +1,110 @@
+"""Triton python-backend models, kept here so each `model.py` in the repository is one import.
+
+Every model handles all the requests of one `execute` call as a single batch: inputs are stacked,
+the work runs once, and the outputs are split back per request. An exception fails every request
+of that call with a Triton error (the server and other calls are unaffected).
+
+This module imports `triton_python_backend_utils`, which exists only inside Triton's python stub.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from openpi_policy import spec
+from openpi_policy.pipeline import Postprocessor, PostprocessConfig, Preprocessor, PreprocessConfig
+
+
+def _parameter(model_config: dict[str, Any], key: str) -> str:
+    try:
+        return model_config["parameters"][key]["string_value"]
+    except KeyError:
+        raise ValueError(f"model {model_config.get('name')!r}: config.pbtxt has no parameter '{key}'") from None
+
+
+def _model_dir(args: dict[str, str]) -> Path:
+    return Path(args["model_repository"])
+
+
+def _run_batched(
+    requests: Sequence[Any],
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    work: Callable[[list[dict[str, np.ndarray]]], dict[str, np.ndarray]],
+) -> list[Any]:
+    inputs = [
+        {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in input_names}
+        for request in requests
+    ]
+    try:
+        outputs = work(inputs)
+    except Exception as error:  # one bad batch must not take the model down
+        message = pb_utils.TritonError(f"{type(error).__name__}: {error}")
+        return [pb_utils.InferenceResponse(error=message) for _ in requests]
+
+    responses, start = [], 0
+    for request_inputs in inputs:
+        size = len(next(iter(request_inputs.values())))
+        tensors = [pb_utils.Tensor(name, outputs[name][start : start + size]) for name in output_names]
+        responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        start += size
+    return responses
+
+
+class PreprocessModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        self.preprocessor = Preprocessor(
+            PreprocessConfig.from_json(_parameter(config, "preprocess"), _model_dir(args))
+        )
+        self.output_names = [output["name"] for output in config["output"]]
+
+    def execute(self, requests: Sequence[Any]) -> list[Any]:
+        return _run_batched(requests, self.preprocessor.input_names, self.output_names, self.preprocessor)
+
+
+class PostprocessModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        self.postprocessor = Postprocessor(
+            PostprocessConfig.from_json(_parameter(config, "postprocess"), _model_dir(args))
+        )
+
+    def execute(self, requests: Sequence[Any]) -> list[Any]:
+        def work(inputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+            return {"actions": self.postprocessor(np.concatenate([i["actions"] for i in inputs]))}
+
+        return _run_batched(requests, ["actions"], ["actions"], work)
+
+
+class OnnxRuntimeModel:
+    """The policy core on CPU: `model.onnx` in ONNX Runtime, one session run per `execute`."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        import onnxruntime
+
+        path = _model_dir(args) / args["model_version"] / "model.onnx"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: run `openpi-triton export` to create it")
+        options = onnxruntime.SessionOptions()
+        threads = int(os.environ.get("OPENPI_TRITON_ORT_THREADS", "0"))  # 0: one per core
+        options.intra_op_num_threads = threads
+        self.session = onnxruntime.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+        self.input_names = list(spec.CORE_INPUTS)
+
+    def execute(self, requests: Sequence[Any]) -> list[Any]:
+        def work(inputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+            feeds = {name: np.concatenate([i[name] for i in inputs]) for name in self.input_names}
+            (actions,) = self.session.run(["actions"], feeds)
+            return {"actions": actions}
+
+        return _run_batched(requests, self.input_names, ["actions"], work)
