@@ -5,7 +5,6 @@ against, and the policy that OpenPI's reference server serves in the benchmarks.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,12 +14,17 @@ import numpy as np
 from openpi_policy import spec
 from openpi_policy.pipeline import Postprocessor, PostprocessConfig, Preprocessor, PreprocessConfig
 
-_PARAMETER = re.compile(r"key:\s*\"(?P<key>\w+)\"\s*value\s*\{\s*string_value:\s*'(?P<value>[^']*)'")
+def read_model_config(config_pbtxt: Path) -> Any:
+    """Parse a config.pbtxt into Triton's ModelConfig protobuf."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(config_pbtxt.read_text(), model_config_pb2.ModelConfig())
 
 
 def config_parameters(config_pbtxt: Path) -> dict[str, str]:
-    """The string parameters of a config.pbtxt (the JSON our models carry), without protobuf."""
-    return {m["key"]: m["value"] for m in _PARAMETER.finditer(config_pbtxt.read_text())}
+    """The string parameters of a config.pbtxt (the JSON our models carry)."""
+    return {key: p.string_value for key, p in read_model_config(config_pbtxt).parameters.items()}
 
 
 def onnx_session(model_path: Path, threads: int = 0) -> Any:

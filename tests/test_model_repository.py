@@ -1,0 +1,125 @@
+"""The model repository served by a real tritonserver on CPU (integration)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from frontend.embedded_triton import EmbeddedTriton
+from openpi_policy.reference_pipeline import ReferencePipeline
+
+from .conftest import MODEL_REPOSITORY
+
+pytestmark = pytest.mark.integration
+
+DTYPES = {np.uint8: "UINT8", np.float32: "FP32", np.int64: "INT64", np.object_: "BYTES"}
+
+
+def libero_inputs(seed: int = 0, batch: int = 1, wrist_shape=(224, 224, 3)) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "image": rng.integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8),
+        "wrist_image": rng.integers(0, 256, (batch, *wrist_shape), dtype=np.uint8),
+        "state": rng.normal(size=(batch, 8)).astype(np.float32),
+        "prompt": np.array([[b"put the bowl on the plate"]] * batch, dtype=object),
+        "seed": np.full((batch, 1), seed, np.int64),
+    }
+
+
+def to_triton(inputs: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
+    tensors = []
+    for name, value in inputs.items():
+        tensor = grpcclient.InferInput(name, list(value.shape), DTYPES[value.dtype.type])
+        tensor.set_data_from_numpy(value)
+        tensors.append(tensor)
+    return tensors
+
+
+@pytest.fixture(scope="module")
+def client(triton: EmbeddedTriton) -> grpcclient.InferenceServerClient:
+    return grpcclient.InferenceServerClient(triton.grpc_url)
+
+
+def test_every_model_is_ready(client):
+    names = {m.name for m in client.get_model_repository_index().models}
+    assert {"libero", "libero_preprocess", "policy_core", "libero_postprocess"} <= names
+    for name in ("libero", "libero_preprocess", "policy_core", "libero_postprocess"):
+        assert client.is_model_ready(name), name
+    # The CPU configuration was picked: the policy core runs in the python backend.
+    assert client.get_model_config("policy_core").config.backend == "python"
+
+
+def test_ensemble_returns_a_libero_action_chunk(client):
+    actions = client.infer("libero", to_triton(libero_inputs())).as_numpy("actions")
+    assert actions.shape == (1, 10, 7) and actions.dtype == np.float32
+    assert np.isfinite(actions).all()
+
+
+@pytest.mark.parametrize("wrist_shape", [(224, 224, 3), (480, 640, 3)])
+def test_ensemble_equals_the_in_process_pipeline(client, model_onnx, wrist_shape):
+    inputs = libero_inputs(seed=11, wrist_shape=wrist_shape)
+    served = client.infer("libero", to_triton(inputs)).as_numpy("actions")
+    expected = ReferencePipeline(MODEL_REPOSITORY, "libero")(inputs)
+    np.testing.assert_allclose(served, expected, atol=1e-5, rtol=0)
+
+
+def test_same_seed_same_actions_other_seed_other_actions(client):
+    first = client.infer("libero", to_triton(libero_inputs(seed=5))).as_numpy("actions")
+    again = client.infer("libero", to_triton(libero_inputs(seed=5))).as_numpy("actions")
+    inputs = libero_inputs(seed=5)
+    inputs["seed"][:] = 6
+    other = client.infer("libero", to_triton(inputs)).as_numpy("actions")
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other)
+
+
+def test_concurrent_requests_are_batched_in_the_policy_core(client, triton):
+    def executions() -> tuple[int, int]:
+        stats = client.get_inference_statistics("policy_core").model_stats[0]
+        return stats.execution_count, stats.inference_count
+
+    before_exec, before_inf = executions()
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(16)
+
+    def robot(seed: int) -> None:
+        own = grpcclient.InferenceServerClient(triton.grpc_url)
+        barrier.wait()
+        try:
+            own.infer("libero", to_triton(libero_inputs(seed)))
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=robot, args=(seed,)) for seed in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    after_exec, after_inf = executions()
+    assert after_inf - before_inf == 16
+    assert after_exec - before_exec < 16, "16 concurrent requests ran as 16 separate executions"
+
+
+@pytest.mark.parametrize(
+    "name, bad",
+    [("state", np.zeros((1, 9), np.float32)), ("state", np.zeros((1, 8), np.float64)),
+     ("image", np.zeros((1, 224, 224, 3), np.float32))],
+)
+def test_wrong_shape_or_dtype_gets_a_triton_error_and_the_server_stays_up(client, name, bad):
+    inputs = libero_inputs()
+    inputs[name] = bad
+    tensors = []
+    for key, value in inputs.items():
+        datatype = {np.float64: "FP64"}.get(value.dtype.type) or DTYPES[value.dtype.type]
+        tensor = grpcclient.InferInput(key, list(value.shape), datatype)
+        tensor.set_data_from_numpy(value)
+        tensors.append(tensor)
+    with pytest.raises(InferenceServerException, match=name):
+        client.infer("libero", tensors)
+    assert client.is_server_live() and client.is_model_ready("libero")
+    assert client.infer("libero", to_triton(libero_inputs())).as_numpy("actions").shape == (1, 10, 7)
