@@ -1,0 +1,144 @@
+"""The front's one connection to Triton: policy discovery, readiness and inference over gRPC (asyncio)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from frontend.policies import Policy, PolicyConfigError, is_policy, policy_from_config
+
+log = logging.getLogger("openpi_triton.backend")
+
+# tritonclient drops its own defaults when channel_args are given, so the message limits are restated.
+# Short reconnect backoff: when Triton restarts, the front serves again within a second or two.
+_CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+_UNAVAILABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED")
+_REDISCOVER_INTERVAL_S = 2.0
+
+
+class BackendUnavailable(RuntimeError):
+    """Triton cannot be reached or did not answer in time."""
+
+
+class BackendRejected(RuntimeError):
+    """Triton answered with an error for this request (bad tensor, model failure)."""
+
+
+@dataclass(frozen=True)
+class Sequence:
+    """Triton sequence flags for one call of a stateful policy."""
+
+    id: int
+    start: bool = False
+    end: bool = False
+
+
+class TritonBackend:
+    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self._client: grpcclient.InferenceServerClient | None = None
+        self._policies: dict[str, Policy] = {}
+        self.config_errors: dict[str, str] = {}
+        self._discovered_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    @property
+    def client(self) -> grpcclient.InferenceServerClient:
+        if self._client is None:  # created lazily: grpc.aio binds to the running event loop
+            self._client = grpcclient.InferenceServerClient(self.url, channel_args=_CHANNEL_ARGS)
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    @property
+    def policies(self) -> dict[str, Policy]:
+        return dict(self._policies)
+
+    async def discover(self, force: bool = False) -> dict[str, Policy]:
+        """(Re)read the policies from Triton's ready models; rate-limited unless forced."""
+        async with self._lock:
+            if not force and time.monotonic() - self._discovered_at < _REDISCOVER_INTERVAL_S:
+                return self.policies
+            self._discovered_at = time.monotonic()
+            try:
+                index = await self.client.get_model_repository_index(as_json=True, client_timeout=self.timeout_s)
+                found, errors = {}, {}
+                for model in index.get("models", []):
+                    if model.get("state") != "READY":
+                        continue
+                    config = (await self.client.get_model_config(
+                        model["name"], as_json=True, client_timeout=self.timeout_s))["config"]
+                    if not is_policy(config):
+                        continue
+                    try:
+                        found[config["name"]] = policy_from_config(config)
+                    except PolicyConfigError as error:
+                        errors[config["name"]] = str(error)
+                        log.error("skipping policy", extra={"policy": config["name"], "error": str(error)})
+            except InferenceServerException as error:
+                log.warning("policy discovery failed", extra={"error": str(error)})
+                return self.policies
+            self._policies, self.config_errors = found, errors
+            return self.policies
+
+    async def policy(self, name: str) -> Policy | None:
+        if name not in self._policies:
+            await self.discover()
+        return self._policies.get(name)
+
+    async def readiness(self, names: list[str]) -> tuple[bool, str]:
+        """(ready, reason): Triton is up and every named policy's model is loaded and ready."""
+        try:
+            if not await self.client.is_server_ready(client_timeout=self.timeout_s):
+                return False, f"Triton at {self.url} is not ready"
+            await self.discover()
+            for name in names:
+                if name not in self._policies:
+                    reason = self.config_errors.get(name, "no such model with a policy_server_config parameter")
+                    return False, f"policy {name!r} is not available: {reason}"
+                if not await self.client.is_model_ready(name, client_timeout=self.timeout_s):
+                    return False, f"policy {name!r}: model not ready in Triton"
+        except InferenceServerException as error:
+            return False, f"Triton at {self.url} is unreachable: {error.message()}"
+        return True, "ready"
+
+    async def infer(
+        self, policy: Policy, tensors: Mapping[str, np.ndarray], request_id: str, sequence: Sequence | None = None,
+    ) -> dict[str, np.ndarray]:
+        inputs = []
+        for name, value in tensors.items():
+            tensor = grpcclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
+            tensor.set_data_from_numpy(value)
+            inputs.append(tensor)
+        outputs = [grpcclient.InferRequestedOutput(name) for name in policy.outputs.values()]
+        flags = {}
+        if sequence is not None:
+            flags = {"sequence_id": sequence.id, "sequence_start": sequence.start, "sequence_end": sequence.end}
+        try:
+            result = await self.client.infer(
+                policy.name, inputs, outputs=outputs, request_id=request_id,
+                client_timeout=self.timeout_s, **flags,
+            )
+        except InferenceServerException as error:
+            status = error.status() or ""
+            if status in _UNAVAILABLE or "Deadline" in (error.message() or ""):
+                raise BackendUnavailable(f"policy backend unavailable ({status or 'no answer'}): {error.message()}") from None
+            raise BackendRejected(error.message() or str(error)) from None
+        return {name: result.as_numpy(name) for name in policy.outputs.values()}

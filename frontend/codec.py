@@ -1,0 +1,134 @@
+"""The OpenPI wire format: msgpack with NumPy arrays, decoded defensively.
+
+Arrays arrive in openpi-client's markers (`{"__ndarray__": true, data, dtype, shape}`, scalars as
+`{"__npgeneric__": true, data, dtype}`) or in the `msgpack-numpy` package's (`{nd, type, kind,
+shape, data}`). Decoding never unpickles, refuses object/void/complex dtypes, and checks that the
+data length equals prod(shape) * itemsize *before* building anything, so a header that claims 10^12
+elements costs nothing. Arrays are zero-copy views on the bytes msgpack already holds.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import msgpack
+import numpy as np
+
+# dtype strings as numpy writes them (`dtype.str`): byte order, kind, item size. Booleans, integers,
+# floats and fixed-width strings only; V (void), O (object) and c (complex) never get this far.
+_DTYPE = re.compile(r"^[<>|=]?[biufUS]\d{1,4}$")
+_REFUSED_KINDS = {"V": "void", "O": "object", "c": "complex", "M": "datetime", "m": "timedelta"}
+MAX_NDIM = 32
+MAX_NESTING = 16
+
+
+class ProtocolError(ValueError):
+    """A frame the server cannot accept; the message says what and where, for the client to read."""
+
+
+def _text(value: Any) -> Any:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _parse_dtype(raw: Any, where: str) -> np.dtype:
+    text = _text(raw)
+    if not isinstance(text, str):
+        raise ProtocolError(f"{where}: dtype must be a string such as '<f4', got {type(raw).__name__}")
+    if not _DTYPE.match(text):
+        kind = text.lstrip("<>|=")[:1]
+        if kind in _REFUSED_KINDS:
+            raise ProtocolError(f"{where}: {_REFUSED_KINDS[kind]} dtype {text!r} is not accepted")
+        raise ProtocolError(f"{where}: unsupported dtype {text[:40]!r}; send bool, integer, float or string arrays")
+    return np.dtype(text)
+
+
+def _parse_shape(raw: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(raw, (list, tuple)) or len(raw) > MAX_NDIM:
+        raise ProtocolError(f"{where}: shape must be a list of at most {MAX_NDIM} integers")
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw):
+        raise ProtocolError(f"{where}: shape must hold non-negative integers, got {list(raw)[:8]}")
+    return tuple(raw)
+
+
+def _array(data: Any, dtype_raw: Any, shape_raw: Any, where: str) -> np.ndarray:
+    dtype = _parse_dtype(dtype_raw, where)
+    shape = _parse_shape(shape_raw, where)
+    if not isinstance(data, bytes):
+        raise ProtocolError(f"{where}: array data must be binary, got {type(data).__name__}")
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow, nothing allocated
+    if len(data) != expected:
+        raise ProtocolError(
+            f"{where}: array data is {len(data)} bytes but shape {list(shape)} of {dtype.str} needs {expected}"
+        )
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def _scalar(data: Any, dtype_raw: Any, where: str) -> np.generic:
+    dtype = _parse_dtype(dtype_raw, where)
+    try:
+        return dtype.type(data)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise ProtocolError(f"{where}: scalar {str(data)[:40]!r} is not a valid {dtype.str}: {error}") from None
+
+
+def _decode_marker(node: Mapping[Any, Any], where: str) -> Any:
+    """An array or scalar if `node` is one of the two marker formats, else None."""
+    keys = {_text(key): value for key, value in node.items()}
+    if keys.get("__ndarray__") is True:
+        return _array(keys.get("data"), keys.get("dtype"), keys.get("shape"), where)
+    if keys.get("__npgeneric__") is True:
+        return _scalar(keys.get("data"), keys.get("dtype"), where)
+    if keys.get("nd") is True:  # msgpack-numpy
+        if _text(keys.get("kind", "")) not in ("", None):
+            raise ProtocolError(f"{where}: msgpack-numpy arrays of kind {_text(keys.get('kind'))!r} are not accepted")
+        return _array(keys.get("data"), keys.get("type"), keys.get("shape"), where)
+    if keys.get("nd") is False and "type" in keys:  # msgpack-numpy scalar
+        return _scalar(keys.get("data"), keys.get("type"), where)
+    return None
+
+
+def flatten(tree: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested maps with '/' and decode every array marker, naming the key in any error."""
+    if prefix.count("/") >= MAX_NESTING:
+        raise ProtocolError(f"key {prefix.rstrip('/')!r}: maps nested deeper than {MAX_NESTING} levels")
+    flat: dict[str, Any] = {}
+    for raw_key, value in tree.items():
+        key = f"{prefix}{_text(raw_key)}"
+        if isinstance(value, dict):
+            decoded = _decode_marker(value, f"key {key!r}")
+            if decoded is None:
+                flat.update(flatten(value, f"{key}/"))
+            else:
+                flat[key] = decoded
+        else:
+            flat[key] = value
+    return flat
+
+
+def decode_frame(frame: bytes) -> dict[str, Any]:
+    """A binary frame -> the flat message map (arrays decoded). Raises ProtocolError."""
+    try:
+        message = msgpack.unpackb(frame, raw=False, use_list=True)
+    except Exception as error:  # msgpack raises several unrelated types for malformed input
+        raise ProtocolError(f"the frame is not valid msgpack ({type(error).__name__}: {error})") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(f"expected a msgpack map (the observation dict), got {type(message).__name__}")
+    return flatten(message)
+
+
+def _encode_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind in ("V", "O", "c"):
+            raise TypeError(f"cannot send {obj.dtype} arrays")
+        return {b"__ndarray__": True, b"data": obj.tobytes(), b"dtype": obj.dtype.str, b"shape": obj.shape}
+    if isinstance(obj, np.generic):
+        return {b"__npgeneric__": True, b"data": obj.item(), b"dtype": obj.dtype.str}
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+def encode(obj: Any) -> bytes:
+    """Encode a response exactly as openpi-client's `msgpack_numpy.unpackb` expects it."""
+    return msgpack.packb(obj, default=_encode_default)
