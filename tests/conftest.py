@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvicorn
 
+from frontend.app import create_app
 from frontend.embedded_triton import EmbeddedTriton, free_port
+from frontend.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = ROOT / "model_repository"
@@ -36,3 +42,35 @@ def triton(model_onnx: Path) -> Iterator[EmbeddedTriton]:
     )
     with server:
         yield server
+
+
+@contextlib.contextmanager
+def running_front(settings: Settings) -> Iterator[str]:
+    """The front under a real uvicorn in a background thread; yields its ws:// base URL."""
+    app = create_app(settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, ws_max_size=settings.max_frame_bytes,
+                            log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the front did not start")
+        time.sleep(0.05)
+    try:
+        yield f"ws://127.0.0.1:{settings.port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def front_settings(triton: EmbeddedTriton, **overrides: object) -> Settings:
+    return Settings(**{"triton_url": triton.grpc_url, "port": free_port(), "host": "127.0.0.1", **overrides})
+
+
+@pytest.fixture(scope="session")
+def front(triton: EmbeddedTriton) -> Iterator[str]:
+    """A front with default settings on the session's tritonserver."""
+    with running_front(front_settings(triton)) as url:
+        yield url

@@ -1,0 +1,50 @@
+"""Synthetic observations built the way OpenPI's example clients build them (examples/libero,
+examples/droid, examples/aloha_*), for the demo client, the load generator and the tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+Observation = dict[str, Any]
+
+
+def _image(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.integers(0, 256, shape, dtype=np.uint8)
+
+
+def libero(rng: np.random.Generator) -> Observation:
+    return {
+        "observation/image": _image(rng, (224, 224, 3)),
+        "observation/wrist_image": _image(rng, (224, 224, 3)),
+        "observation/state": rng.normal(size=8),  # float64, as the example sends it
+        "prompt": "put the black bowl on the plate",
+    }
+
+
+def droid(rng: np.random.Generator, raw_frames: bool = False) -> Observation:
+    """raw_frames: send the camera's 480x640 frames instead of resizing on the robot."""
+    shape = (480, 640, 3) if raw_frames else (224, 224, 3)
+    return {
+        "observation/exterior_image_1_left": _image(rng, shape),
+        "observation/wrist_image_left": _image(rng, shape),
+        "observation/joint_position": rng.normal(size=7),
+        "observation/gripper_position": rng.uniform(0, 1, size=1),
+        "prompt": "pick up the marker and put it in the cup",
+    }
+
+
+def aloha(rng: np.random.Generator, real_robot: bool = False) -> Observation:
+    """CHW images under a nested `images` map, no prompt (the server injects the default)."""
+    cameras = ["cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist"] if real_robot else ["cam_high"]
+    return {
+        "state": rng.normal(size=14),
+        "images": {name: _image(rng, (3, 224, 224)) for name in cameras},
+    }
+
+
+FORMATS: dict[str, Callable[[np.random.Generator], Observation]] = {
+    "libero": libero, "droid": droid, "aloha": aloha,
+}

@@ -1,0 +1,28 @@
+"""Counts the calls of each Triton sequence; forgets a sequence when it ends."""
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.steps = {}
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            def value(name):
+                return int(pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)[0])
+
+            sequence = value("CORRID")
+            if value("START"):
+                self.steps[sequence] = 0
+            self.steps[sequence] = self.steps.get(sequence, 0) + 1
+            step = self.steps[sequence]
+            if value("END"):
+                del self.steps[sequence]
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("step", np.array([[step]], np.int64)),
+                pb_utils.Tensor("live_sequences", np.array([[len(self.steps)]], np.int64)),
+            ]))
+        return responses

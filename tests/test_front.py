@@ -1,0 +1,336 @@
+"""The websocket front end to end: a real tritonserver, uvicorn, and the real openpi_client."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import msgpack
+import numpy as np
+import pytest
+from openpi_client import msgpack_numpy
+from openpi_client.websocket_client_policy import WebsocketClientPolicy
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from frontend.example_observations import libero
+
+from .conftest import front_settings, running_front
+
+pytestmark = pytest.mark.integration
+
+
+def client_for(url: str, path: str = "", api_key: str | None = None) -> WebsocketClientPolicy:
+    return WebsocketClientPolicy(host=url + path, api_key=api_key)
+
+
+def http_get(url: str, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url.replace("ws://", "http://") + path, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def raw_connection(url: str, path: str = ""):
+    """A plain websocket (for frames openpi_client cannot send); the metadata frame is consumed."""
+    ws = connect(url + path, compression=None, max_size=None)
+    ws.recv()
+    return ws
+
+
+def ask(ws, message: dict | bytes) -> object:
+    ws.send(message if isinstance(message, bytes) else msgpack_numpy.packb(message))
+    reply = ws.recv()
+    return reply if isinstance(reply, str) else msgpack_numpy.unpackb(reply)
+
+
+@pytest.mark.parametrize("path", ["", "/v1/realtime/robot/openpi", "/v1/realtime/robot/openpi/libero"])
+def test_stock_openpi_client_gets_actions(front, path):
+    policy = client_for(front, path)
+    assert policy.get_server_metadata() == {}
+    first = policy.infer(libero(np.random.default_rng(0)))
+    second = policy.infer(libero(np.random.default_rng(1)))
+    assert first["actions"].shape == (10, 7) and first["actions"].dtype == np.float32
+    assert set(first["server_timing"]) == {"infer_ms"}
+    assert first["server_timing"]["infer_ms"] > 0
+    assert second["server_timing"]["prev_total_ms"] >= first["server_timing"]["infer_ms"]
+
+
+def test_seed_makes_sampling_deterministic(front):
+    ws = raw_connection(front)
+    obs = libero(np.random.default_rng(0))
+    a = ask(ws, {**obs, "seed": 7})["actions"]
+    b = ask(ws, {**obs, "seed": 7})["actions"]
+    c = ask(ws, {**obs, "seed": 8})["actions"]
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_reset_answers_as_openpi_does(front):
+    ws = raw_connection(front)
+    assert ask(ws, {"endpoint": "reset"}) == {"status": "reset successful"}
+
+
+def test_msgpack_numpy_package_markers_are_accepted(front):
+    ws = raw_connection(front)
+    obs = libero(np.random.default_rng(0))
+    state = obs.pop("observation/state")
+    frame = msgpack_numpy.packb({
+        **obs, "observation/state": {b"nd": True, b"type": state.dtype.str, b"kind": b"",
+                                     b"shape": list(state.shape), b"data": state.tobytes()},
+    })
+    assert ask(ws, frame)["actions"].shape == (10, 7)
+
+
+def _libero_with(**changes) -> dict:
+    obs = libero(np.random.default_rng(0))
+    obs.update(changes)
+    return {key: value for key, value in obs.items() if value is not None}
+
+
+BAD_REQUESTS = {
+    "not msgpack": (b"\xc1 definitely not msgpack", "not valid msgpack"),
+    "not a map": (msgpack.packb([1, 2]), "expected a msgpack map"),
+    "short data": (msgpack.packb({"observation/state": {b"__ndarray__": True, b"data": b"\0" * 7,
+                                                        b"dtype": "<f8", b"shape": [8]}}), "needs 64"),
+    "huge claimed shape": (msgpack.packb({"x": {b"__ndarray__": True, b"data": b"\0" * 8, b"dtype": "<f8",
+                                                b"shape": [10**6, 10**6]}}), "needs 8000000000000"),
+    "object dtype": (msgpack.packb({"x": {b"__ndarray__": True, b"data": b"\0" * 8, b"dtype": "|O",
+                                          b"shape": [1]}}), "object dtype"),
+    "void dtype": (msgpack.packb({"x": {b"__ndarray__": True, b"data": b"\0" * 8, b"dtype": "|V8",
+                                        b"shape": [1]}}), "void dtype"),
+    "complex dtype": (msgpack.packb({"x": {b"__ndarray__": True, b"data": b"\0" * 8, b"dtype": "<c8",
+                                           b"shape": [1]}}), "complex dtype"),
+    "missing key": (msgpack_numpy.packb(_libero_with(**{"observation/wrist_image": None})),
+                    "observation/wrist_image"),
+    "float image": (msgpack_numpy.packb(_libero_with(**{"observation/image": np.zeros((224, 224, 3))})),
+                    "key 'observation/image': expected uint8 of shape [any, any, 3], got float64"),
+    "9-dim state": (msgpack_numpy.packb(_libero_with(**{"observation/state": np.zeros(9)})),
+                    "expected float32 of shape [8], got float64 of shape [9]"),
+    "nan state": (msgpack_numpy.packb(_libero_with(**{"observation/state": np.full(8, np.nan)})), "NaN or inf"),
+    "inf state": (msgpack_numpy.packb(_libero_with(**{"observation/state": np.full(8, np.inf)})), "NaN or inf"),
+    "unknown endpoint": (msgpack_numpy.packb({"endpoint": "teleport"}), "unknown endpoint 'teleport'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS)
+def test_bad_input_gets_a_clear_error_and_the_connection_stays_usable(front, case):
+    frame, expected = BAD_REQUESTS[case]
+    ws = raw_connection(front)
+    ws.send(frame)
+    reply = ws.recv()
+    assert isinstance(reply, str), "errors are text frames (openpi_client raises them as RuntimeError)"
+    assert expected in reply
+    assert "Traceback" not in reply and "\n" not in reply.strip()
+    assert ask(ws, libero(np.random.default_rng(0)))["actions"].shape == (10, 7)
+
+
+def test_text_frame_gets_an_error_and_the_connection_stays_usable(front):
+    ws = raw_connection(front)
+    ws.send("hello")
+    assert "expected a binary msgpack frame" in ws.recv()
+    assert ask(ws, libero(np.random.default_rng(0)))["actions"].shape == (10, 7)
+
+
+def test_openpi_client_sees_errors_as_runtime_errors(front):
+    policy = client_for(front)
+    with pytest.raises(RuntimeError, match="observation/state"):
+        policy.infer(_libero_with(**{"observation/state": np.zeros(9)}))
+    assert policy.infer(libero(np.random.default_rng(0)))["actions"].shape == (10, 7)
+
+
+def test_a_bad_robot_does_not_disturb_a_good_one(front):
+    good, bad = raw_connection(front), raw_connection(front)
+    for _ in range(3):
+        bad.send(b"\xc1 garbage")
+        assert isinstance(bad.recv(), str)
+        assert ask(good, libero(np.random.default_rng(0)))["actions"].shape == (10, 7)
+
+
+def test_unknown_policy_is_refused_at_the_handshake(front):
+    with pytest.raises(InvalidStatus) as refused:
+        connect(front + "/v1/realtime/robot/openpi/no_such_robot")
+    assert refused.value.response.status_code == 404
+    assert b"unknown policy 'no_such_robot'" in refused.value.response.body
+
+
+def test_health_readiness_metrics_and_policy_list(front):
+    assert http_get(front, "/healthz") == (200, "OK\n")
+    assert http_get(front, "/readyz")[0] == 200
+    client_for(front).infer(libero(np.random.default_rng(0)))
+    status, metrics = http_get(front, "/metrics")
+    assert status == 200 and 'openpi_triton_requests_total{endpoint="infer",outcome="ok",policy="libero"}' in metrics
+    status, body = http_get(front, "/v1/policies")
+    policies = {p["name"]: p for p in json.loads(body)["policies"]}
+    assert policies["libero"]["metadata"] == {} and "observation/state" in policies["libero"]["observation"]
+    assert policies["session_counter"]["stateful"] is True
+
+
+def test_sixteen_robots_overlap(front):
+    """Each call takes 0.5 s in the model; served one after another, 16 robots would need 8 s."""
+    ws_list = [raw_connection(front, "/v1/realtime/robot/openpi/slow_policy") for _ in range(16)]
+    barrier = threading.Barrier(16)
+    replies: list[object] = []
+
+    def robot(ws) -> None:
+        barrier.wait()
+        replies.append(ask(ws, {"delay": np.array([0.5], np.float32)}))
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=robot, args=(ws,)) for ws in ws_list]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    assert len(replies) == 16 and all(isinstance(r, dict) for r in replies)
+    assert elapsed < 4.0, f"16 robots took {elapsed:.1f} s: the front serialised them"
+
+
+# --- stateful policies: a session is a Triton sequence --------------------------------------------
+
+COUNTER = "/v1/realtime/robot/openpi/session_counter"
+
+
+def count(ws, **control) -> tuple[int, int]:
+    reply = ask(ws, {"inputs": {"x": np.zeros(1, np.float32)}, **control})
+    return int(reply["step"][0]), int(reply["live_sequences"][0])
+
+
+def test_concurrent_connections_keep_separate_state(front):
+    a, b = raw_connection(front, COUNTER), raw_connection(front, COUNTER)
+    assert [count(a)[0] for _ in range(3)] == [1, 2, 3]
+    assert [count(b)[0] for _ in range(2)] == [1, 2]
+    assert count(a)[0] == 4
+
+
+def test_reset_restarts_the_count(front):
+    ws = raw_connection(front, COUNTER)
+    count(ws), count(ws)
+    assert ask(ws, {"endpoint": "reset"}) == {"status": "reset successful"}
+    assert count(ws)[0] == 1
+
+
+def test_a_new_session_id_restarts_the_count(front):
+    ws = raw_connection(front, COUNTER)
+    assert [count(ws, session_id="episode-1")[0] for _ in range(3)] == [1, 2, 3]
+    assert count(ws, session_id="episode-2")[0] == 1
+    assert count(ws, session_id="episode-2")[0] == 2
+
+
+def test_disconnect_ends_the_sequence_in_triton(front):
+    observer = raw_connection(front, COUNTER)
+    _, live_before = count(observer)
+    leaving = raw_connection(front, COUNTER)
+    count(leaving), count(leaving)
+    assert count(observer)[1] == live_before + 1
+    leaving.close()
+    deadline = time.monotonic() + 10
+    while count(observer)[1] != live_before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert count(observer)[1] == live_before, "the departed robot's sequence is still live in Triton"
+
+
+# --- auth and limits (each on its own front) ----------------------------------------------------------
+
+
+def test_api_keys(triton):
+    with running_front(front_settings(triton, api_keys=("s3cret", "other"))) as url:
+        assert client_for(url, api_key="s3cret").infer(libero(np.random.default_rng(0)))["actions"].shape == (10, 7)
+        bearer = connect(url, additional_headers={"Authorization": "Bearer other"})
+        assert msgpack_numpy.unpackb(bearer.recv()) == {}
+        for headers in ({}, {"Authorization": "Api-Key wrong"}, {"Authorization": "Basic s3cret"}):
+            with pytest.raises(InvalidStatus) as refused:
+                connect(url, additional_headers=headers)
+            assert refused.value.response.status_code == 401
+        assert http_get(url, "/healthz") == (200, "OK\n")
+
+
+def test_frame_over_the_limit_closes_with_1009(triton):
+    with running_front(front_settings(triton, max_frame_bytes=64 * 1024)) as url:
+        ws = raw_connection(url)
+        ws.send(msgpack_numpy.packb(libero(np.random.default_rng(0))))  # ~300 kB
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv()
+        assert closed.value.rcvd.code == 1009
+
+
+def test_default_frame_limit_fits_four_raw_cameras(front):
+    ws = raw_connection(front)
+    frames = {f"cam{i}": np.zeros((480, 640, 3), np.uint8) for i in range(4)}
+    reply = ask(ws, {**libero(np.random.default_rng(0)), "extra_cameras": frames})
+    assert reply["actions"].shape == (10, 7)
+
+
+def test_connection_limit_refuses_with_1013(triton):
+    with running_front(front_settings(triton, max_connections=2)) as url:
+        first, second = raw_connection(url), raw_connection(url)
+        third = connect(url)
+        with pytest.raises(ConnectionClosed) as closed:
+            third.recv()
+            third.recv()
+        assert closed.value.rcvd.code == 1013
+        assert ask(first, libero(np.random.default_rng(0)))["actions"].shape == (10, 7)
+        second.close()
+
+
+def test_idle_connections_are_closed_with_1000(triton):
+    with running_front(front_settings(triton, idle_timeout_s=0.5)) as url:
+        ws = raw_connection(url)
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+        assert closed.value.rcvd.code == 1000
+
+
+# --- Triton outages and logs ----------------------------------------------------------------------
+
+
+def test_triton_outage_is_reported_and_recovered_from_without_a_restart(tmp_path):
+    from frontend.embedded_triton import EmbeddedTriton, free_port
+
+    from .conftest import TEST_MODEL_REPOSITORY
+
+    backend = EmbeddedTriton([TEST_MODEL_REPOSITORY], http_port=free_port(), grpc_port=free_port(),
+                             metrics_port=free_port())
+    backend.start()
+    try:
+        settings = front_settings(backend, triton_timeout_s=3.0, default_policy="slow_policy")
+        with running_front(settings) as url:
+            ws = raw_connection(url)
+            request = {"delay": np.array([0.0], np.float32)}
+            assert isinstance(ask(ws, request), dict)
+
+            backend.stop()
+            ws.send(msgpack_numpy.packb(request))
+            reply = ws.recv(timeout=30)
+            assert isinstance(reply, str) and reply.startswith("policy backend unavailable")
+            status, reason = http_get(url, "/readyz")
+            assert status == 503 and "Triton" in reason
+
+            backend.start()
+            deadline, reply = time.monotonic() + 60, None
+            while time.monotonic() < deadline:
+                reply = ask(ws, request)
+                if isinstance(reply, dict):
+                    break
+                time.sleep(0.5)
+            assert isinstance(reply, dict), f"the front did not recover: {reply}"
+            assert http_get(url, "/readyz")[0] == 200
+    finally:
+        backend.stop()
+
+
+def test_logs_carry_ids_and_never_observation_contents(front, caplog):
+    secret = "the-robot-is-in-the-kitchen"
+    with caplog.at_level("DEBUG", logger="openpi_triton"):
+        ws = raw_connection(front)
+        ask(ws, {**_libero_with(**{"observation/state": np.zeros(9)}), "prompt": secret, "session_id": "s-42"})
+        ask(ws, {**libero(np.random.default_rng(0)), "prompt": secret, "session_id": "s-42"})
+    records = [r for r in caplog.records if r.name.startswith("openpi_triton")]
+    assert any(getattr(r, "session_id", None) == "s-42" and getattr(r, "request_id", "") for r in records)
+    for record in records:
+        assert secret not in record.getMessage() and secret not in json.dumps(vars(record), default=str)
