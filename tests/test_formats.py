@@ -1,0 +1,152 @@
+"""LIBERO, DROID and ALOHA as routed policies sharing one policy core (integration)."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from openpi_client import image_tools
+from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+from frontend.example_observations import aloha, droid, libero
+from openpi_policy.tokenizer import ByteTokenizer
+
+from .conftest import MODEL_REPOSITORY
+
+pytestmark = pytest.mark.integration
+
+ROUTE = "/v1/realtime/robot/openpi/"
+EXPECTED = {"libero": (10, 7), "droid": (15, 8), "aloha": (50, 14)}
+
+
+def policy(front: str, name: str) -> WebsocketClientPolicy:
+    return WebsocketClientPolicy(host=front + ROUTE + name)
+
+
+@pytest.mark.parametrize(
+    "name, observation",
+    [
+        ("libero", libero(np.random.default_rng(0))),
+        ("droid", droid(np.random.default_rng(0))),
+        ("droid", droid(np.random.default_rng(0), raw_frames=True)),
+        ("aloha", aloha(np.random.default_rng(0))),
+        ("aloha", aloha(np.random.default_rng(0), real_robot=True)),
+    ],
+    ids=["libero", "droid", "droid-480x640", "aloha-sim", "aloha-real"],
+)
+def test_example_client_observations_get_documented_actions(front, name, observation):
+    result = policy(front, name).infer(observation)
+    assert result["actions"].shape == EXPECTED[name]
+    assert result["actions"].dtype == np.float32 and np.isfinite(result["actions"]).all()
+
+
+def test_aloha_handshake_carries_the_reset_pose(front):
+    assert policy(front, "aloha").get_server_metadata() == {"reset_pose": [0, -1.5, 1.5, 0, 0, 0]}
+
+
+def test_wrong_format_names_the_missing_keys(front):
+    with pytest.raises(RuntimeError) as error:
+        policy(front, "libero").infer(droid(np.random.default_rng(0)))
+    message = str(error.value)
+    assert "'observation/image'" in message and "'observation/state'" in message
+    assert "'observation/wrist_image'" in message
+
+
+def test_three_formats_are_batched_together_in_the_policy_core(front, triton):
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+
+    def executions() -> tuple[int, int]:
+        stats = client.get_inference_statistics("policy_core").model_stats[0]
+        return stats.execution_count, stats.inference_count
+
+    builders = {"libero": libero, "droid": droid, "aloha": aloha}
+    robots = [(name, policy(front, name)) for name in builders for _ in range(5)]
+    before = executions()
+    barrier = threading.Barrier(len(robots))
+    shapes: list[tuple[int, ...]] = []
+
+    def run(name: str, robot: WebsocketClientPolicy) -> None:
+        barrier.wait()
+        shapes.append(robot.infer(builders[name](np.random.default_rng(1)))["actions"].shape)
+
+    threads = [threading.Thread(target=run, args=robot) for robot in robots]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    after = executions()
+    assert sorted(shapes) == sorted(EXPECTED[name] for name, _ in robots)
+    assert after[1] - before[1] == len(robots)
+    assert after[0] - before[0] < len(robots), "requests from different robots were not batched"
+
+
+# --- the preprocess models against an independent in-process reference -----------------------------
+
+
+def norm_stats(name: str) -> dict:
+    return json.loads((MODEL_REPOSITORY / name / "norm_stats.json").read_text())["norm_stats"]
+
+
+def expected_image(frame_hwc: np.ndarray) -> np.ndarray:
+    resized = image_tools.resize_with_pad(frame_hwc, 224, 224)  # openpi's own implementation
+    return (resized.astype(np.float32) / 255.0 * 2.0 - 1.0).transpose(2, 0, 1)
+
+
+def expected_tokens(prompt: str) -> np.ndarray:
+    ids = [1] + [b + 2 for b in prompt.encode()] + [ord("\n") + 2]
+    return np.array(ids + [0] * (48 - len(ids)))
+
+
+def run_preprocess(triton, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    types = {np.uint8: "UINT8", np.float32: "FP32", np.int64: "INT64", np.object_: "BYTES"}
+    tensors = []
+    for name, value in inputs.items():
+        tensor = grpcclient.InferInput(name, list(value.shape), types[value.dtype.type])
+        tensor.set_data_from_numpy(value)
+        tensors.append(tensor)
+    result = client.infer(model, tensors)
+    return {name: result.as_numpy(name)[0] for name in ("images", "image_masks", "state", "tokens", "token_mask")}
+
+
+def test_droid_preprocess_resizes_raw_frames_like_openpi(triton):
+    obs = droid(np.random.default_rng(4), raw_frames=True)
+    out = run_preprocess(triton, "droid_preprocess", {
+        "exterior_image_1_left": obs["observation/exterior_image_1_left"][None],
+        "wrist_image_left": obs["observation/wrist_image_left"][None],
+        "joint_position": obs["observation/joint_position"][None].astype(np.float32),
+        "gripper_position": obs["observation/gripper_position"][None].astype(np.float32),
+        "prompt": np.array([[obs["prompt"].encode()]], dtype=object),
+        "seed": np.array([[0]], np.int64),
+    })
+    np.testing.assert_allclose(out["images"][0], expected_image(obs["observation/exterior_image_1_left"]), atol=1e-6)
+    np.testing.assert_allclose(out["images"][1], expected_image(obs["observation/wrist_image_left"]), atol=1e-6)
+    assert out["image_masks"].tolist() == [True, True, False] and not out["images"][2].any()
+
+    stats = norm_stats("droid")["state"]
+    state = np.concatenate([obs["observation/joint_position"], obs["observation/gripper_position"]])
+    q01, q99 = np.array(stats["q01"]), np.array(stats["q99"])
+    np.testing.assert_allclose(out["state"][:8], (state - q01) / (q99 - q01 + 1e-6) * 2 - 1, atol=1e-5)
+    assert not out["state"][8:].any()
+    np.testing.assert_array_equal(out["tokens"], expected_tokens(obs["prompt"]))
+
+
+def test_aloha_preprocess_takes_chw_frames_and_injects_the_default_prompt(triton):
+    obs = aloha(np.random.default_rng(5))
+    cam_high = obs["images"]["cam_high"]
+    empty = np.zeros((1, 3, 0, 0), np.uint8)  # what the front sends for an absent wrist camera
+    out = run_preprocess(triton, "aloha_preprocess", {
+        "cam_high": cam_high[None], "cam_left_wrist": empty, "cam_right_wrist": empty,
+        "state": obs["state"][None].astype(np.float32), "seed": np.array([[0]], np.int64),
+    })
+    np.testing.assert_allclose(out["images"][0], expected_image(cam_high.transpose(1, 2, 0)), atol=1e-6)
+    assert out["image_masks"].tolist() == [True, False, False]
+
+    stats = norm_stats("aloha")["state"]
+    zscore = (obs["state"] - np.array(stats["mean"])) / (np.array(stats["std"]) + 1e-6)
+    np.testing.assert_allclose(out["state"][:14], zscore, atol=1e-5)
+    np.testing.assert_array_equal(out["tokens"], expected_tokens("Transfer cube"))
+    assert out["token_mask"].sum() == len(ByteTokenizer().encode("Transfer cube")) + 2
