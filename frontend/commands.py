@@ -1,8 +1,82 @@
-"""The CLI's tool commands (check, client, bench); `serve` and `export` live in cli.py."""
+"""The CLI's tool commands: `check` a model repository and run a demo robot (`client`)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+import numpy as np
+
+
+def _check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check", help="check a model repository before serving it",
+                       description="Check that a model repository's policies are consistent: ensemble "
+                                   "parameters, tensor names/dtypes/shapes, norm stats, model.onnx.")
+    p.add_argument("--model-repository", type=Path, default=Path("model_repository"))
+    p.add_argument("--config-name", default="cpu", help="config variant Triton will load (configs/<name>.pbtxt)")
+
+    def run(args: argparse.Namespace) -> None:
+        from frontend.repository_check import check_repository
+
+        report = check_repository(args.model_repository, args.config_name)
+        for problem in report.problems:
+            print(f"error: {problem}")
+        if not report.ok:
+            sys.exit(1)
+        print(f"OK: {args.model_repository} serves {len(report.policies)} policies: {', '.join(report.policies)}")
+
+    p.set_defaults(run=run)
+
+
+def _progress(done: int, total: int, latency_ms: float) -> None:
+    width = 30
+    filled = int(width * done / total)
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}  latency {latency_ms:7.1f} ms")
+    sys.stderr.flush()
+
+
+def _client(sub: argparse._SubParsersAction) -> None:
+    from frontend.example_observations import FORMATS
+
+    p = sub.add_parser("client", help="demo robot: N steps of synthetic observations with openpi_client",
+                       description="Run a demo robot loop against a server with the stock openpi_client.")
+    p.add_argument("--format", choices=sorted(FORMATS), default="libero", help="observation format to send")
+    p.add_argument("--policy", help="policy to ask (default: the one named like the format)")
+    p.add_argument("--host", default="localhost")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic observations")
+
+    def run(args: argparse.Namespace) -> None:
+        try:
+            from openpi_client.websocket_client_policy import WebsocketClientPolicy
+        except ImportError:
+            from frontend.cli import CliError
+
+            raise CliError("the demo client needs openpi-client: pip install 'openpi-triton[client]'") from None
+
+        policy = WebsocketClientPolicy(host=f"ws://{args.host}:{args.port}/v1/realtime/robot/openpi/"
+                                       f"{args.policy or args.format}", api_key=args.api_key)
+        print(f"connected; server metadata: {policy.get_server_metadata()}", file=sys.stderr)
+        make_observation: Callable = FORMATS[args.format]
+        rng = np.random.default_rng(args.seed)
+        latencies, shape = [], None
+        for step in range(1, args.steps + 1):
+            observation = make_observation(rng)
+            started = time.perf_counter()
+            result = policy.infer(observation)
+            latencies.append((time.perf_counter() - started) * 1000)
+            shape = result["actions"].shape
+            _progress(step, args.steps, latencies[-1])
+        p50, p90, p99 = np.percentile(latencies, [50, 90, 99])
+        print(f"\n{args.steps} steps of {args.format}: actions {shape}; latency p50 {p50:.1f} ms, "
+              f"p90 {p90:.1f} ms, p99 {p99:.1f} ms, max {max(latencies):.1f} ms")
+
+    p.set_defaults(run=run)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_check, _client]

@@ -1,0 +1,165 @@
+"""`openpi-triton check`: find what is wrong with a model repository before Triton or a robot does.
+
+Checks every policy (a model whose config has `policy_server_config`): its parameters parse as the
+front will read them, each ensemble step's tensors exist with the same dtype and shape on both
+sides, the pre/post-processing settings load (norm stats included) and agree with the declared
+shapes, and the policy core's model.onnx matches its config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+
+from frontend.policies import PolicyConfigError, is_policy, policy_from_config
+from openpi_policy.pipeline import Postprocessor, PostprocessConfig, Preprocessor, PreprocessConfig
+from openpi_policy.reference_pipeline import read_model_config
+
+ONNX_TYPES = {1: "TYPE_FP32", 2: "TYPE_UINT8", 7: "TYPE_INT64", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64"}
+
+
+@dataclass
+class Report:
+    policies: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _load(path: Path) -> dict[str, Any]:
+    return MessageToDict(read_model_config(path), preserving_proto_field_name=True)
+
+
+def _load_models(repository: Path, config_name: str, report: Report) -> dict[str, tuple[Path, dict[str, Any]]]:
+    models = {}
+    for directory in sorted(p for p in repository.iterdir() if p.is_dir()):
+        variant = directory / "configs" / f"{config_name}.pbtxt"
+        path = variant if variant.exists() else directory / "config.pbtxt"
+        if not path.exists():
+            continue
+        try:
+            config = _load(path)
+        except Exception as error:  # protobuf's text-format errors name the line and column
+            report.problems.append(f"{path}: does not parse: {error}")
+            continue
+        models[config.get("name", directory.name)] = (path, config)
+    return models
+
+
+def _tensors(config: dict[str, Any], kind: str) -> dict[str, tuple[str, list[int]]]:
+    return {t["name"]: (t["data_type"], [int(d) for d in t.get("dims", [])]) for t in config.get(kind, [])}
+
+
+def _check_ensemble(path: Path, config: dict[str, Any], models: dict[str, tuple[Path, dict]], report: Report) -> None:
+    available = _tensors(config, "input")  # tensors flowing through the ensemble, by ensemble name
+    for step in config.get("ensemble_scheduling", {}).get("step", []):
+        model = step["model_name"]
+        if model not in models:
+            report.problems.append(f"{path}: step uses model {model!r}, which is not in the repository")
+            return
+        step_config = models[model][1]
+        inputs, outputs = _tensors(step_config, "input"), _tensors(step_config, "output")
+        for model_input, tensor in step.get("input_map", {}).items():
+            if model_input not in inputs:
+                report.problems.append(f"{path}: step {model!r} has no input {model_input!r}")
+            elif tensor not in available:
+                report.problems.append(f"{path}: step {model!r} input {model_input!r} reads {tensor!r}, "
+                                       "which no earlier step or ensemble input provides")
+            elif available[tensor] != inputs[model_input]:
+                report.problems.append(f"{path}: {tensor!r} is {available[tensor]} but {model!r} input "
+                                       f"{model_input!r} expects {inputs[model_input]}")
+        for model_output, tensor in step.get("output_map", {}).items():
+            if model_output not in outputs:
+                report.problems.append(f"{path}: step {model!r} has no output {model_output!r}")
+            else:
+                available[tensor] = outputs[model_output]
+    for name, declared in _tensors(config, "output").items():
+        if name in available and available[name] != declared:
+            report.problems.append(f"{path}: output {name!r} is declared {declared} but the last step "
+                                   f"produces {available[name]}")
+        elif name not in available:
+            report.problems.append(f"{path}: output {name!r} is produced by no step")
+
+
+def _parameter(config: dict[str, Any], key: str) -> str | None:
+    return config.get("parameters", {}).get(key, {}).get("string_value")
+
+
+def _check_processing(models: dict[str, tuple[Path, dict]], report: Report) -> None:
+    """Load every pre/post-processing model's settings as Triton would, then compare shapes."""
+    for name, (path, config) in models.items():
+        base = path.parent if path.parent.name != "configs" else path.parent.parent
+        try:
+            if (text := _parameter(config, "preprocess")) is not None:
+                pre = Preprocessor(PreprocessConfig.from_json(text, base))
+                inputs = _tensors(config, "input")
+                state_dims = sum(inputs[i][1][-1] for i in pre.config.state_inputs if i in inputs)
+                missing = [i for i in pre.input_names if i not in inputs]
+                if missing:
+                    report.problems.append(f"{path}: preprocess reads inputs {missing} the config does not declare")
+                elif state_dims != pre.state_stats.dim:
+                    report.problems.append(f"{path}: state inputs have {state_dims} dims but "
+                                           f"{pre.config.norm_stats} has {pre.state_stats.dim} for 'state'")
+            if (text := _parameter(config, "postprocess")) is not None:
+                post = Postprocessor(PostprocessConfig.from_json(text, base))
+                declared = _tensors(config, "output").get("actions", ("", []))[1]
+                wanted = [post.config.action_horizon, post.config.action_dim]
+                if declared != wanted:
+                    report.problems.append(f"{path}: output 'actions' is declared {declared} but the "
+                                           f"postprocess produces {wanted} (action_horizon, action_dim)")
+        except (ValueError, KeyError, TypeError, OSError) as error:
+            report.problems.append(f"{path}: {type(error).__name__}: {error}")
+
+
+def _check_onnx(repository: Path, models: dict[str, tuple[Path, dict]], report: Report) -> None:
+    if "policy_core" not in models:
+        return
+    path, config = models["policy_core"]
+    onnx_path = repository / "policy_core" / "1" / "model.onnx"
+    if not onnx_path.exists():
+        report.problems.append(f"{onnx_path}: missing; run `openpi-triton export` or copy your own ONNX there")
+        return
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    declared = _tensors(config, "input") | _tensors(config, "output")
+    for value in [*graph.input, *graph.output]:
+        if value.name not in declared:
+            report.problems.append(f"{onnx_path}: tensor {value.name!r} is not in {path.name}")
+            continue
+        dtype, dims = declared[value.name]
+        shape = [d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim]
+        onnx_type = ONNX_TYPES.get(value.type.tensor_type.elem_type, str(value.type.tensor_type.elem_type))
+        # A symbolic ONNX dim (-1) is fine where the config is fixed: TensorRT resolves it.
+        dims_agree = len(shape) == len(dims) + 1 and all(o in (-1, c) for o, c in zip(shape[1:], dims))
+        if onnx_type != dtype or not dims_agree or shape[0] != -1:
+            report.problems.append(f"{onnx_path}: {value.name!r} is {onnx_type} {shape} in the ONNX but "
+                                   f"{dtype} [batch, {', '.join(map(str, dims))}] in {path.name}")
+
+
+def check_repository(repository: Path, config_name: str = "cpu") -> Report:
+    report = Report()
+    if not repository.is_dir():
+        report.problems.append(f"{repository}: no such directory")
+        return report
+    models = _load_models(repository, config_name, report)
+    for name, (path, config) in models.items():
+        if not is_policy(config):
+            continue
+        try:
+            policy_from_config(config)
+            report.policies.append(name)
+        except PolicyConfigError as error:
+            report.problems.append(f"{path}: {error}")
+        if config.get("platform") == "ensemble":
+            _check_ensemble(path, config, models, report)
+    if not report.policies and not report.problems:
+        report.problems.append(f"{repository}: no model has a 'policy_server_config' parameter, so nothing is served")
+    _check_processing(models, report)
+    _check_onnx(repository, models, report)
+    return report

@@ -1,0 +1,113 @@
+"""The `openpi-triton` command line: `check` on good and broken repositories, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from frontend.repository_check import check_repository
+
+from .conftest import MODEL_REPOSITORY
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "frontend", *args], capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+@pytest.fixture
+def repository(tmp_path: Path, model_onnx: Path) -> Path:
+    copy = tmp_path / "repo"
+    shutil.copytree(MODEL_REPOSITORY, copy, ignore=shutil.ignore_patterns("model.onnx", "__pycache__"))
+    (copy / "policy_core" / "1" / "model.onnx").symlink_to(model_onnx)
+    return copy
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new))
+
+
+def test_the_shipped_repository_passes():
+    result = cli("check", "--model-repository", str(MODEL_REPOSITORY))
+    assert result.returncode == 0, result.stdout
+    assert "3 policies: aloha, droid, libero" in result.stdout
+
+
+def test_observation_map_to_an_unknown_input(repository):
+    edit(repository / "libero" / "config.pbtxt", '"observation/state": "state"', '"observation/state": "joints"')
+    assert any("maps to unknown input 'joints'" in p for p in check_repository(repository).problems)
+
+
+def test_norm_stats_with_the_wrong_state_width(repository):
+    stats_path = repository / "droid" / "norm_stats.json"
+    stats = json.loads(stats_path.read_text())
+    for key in ("mean", "std", "q01", "q99"):
+        stats["norm_stats"]["state"][key] = stats["norm_stats"]["state"][key][:7]
+    stats_path.write_text(json.dumps(stats))
+    problems = check_repository(repository).problems
+    assert any("droid_preprocess" in p and "8 dims" in p and "has 7" in p for p in problems), problems
+
+
+def test_postprocess_output_shape_disagrees_with_the_horizon(repository):
+    edit(repository / "aloha_postprocess" / "config.pbtxt", '"action_horizon": 50', '"action_horizon": 25')
+    problems = check_repository(repository).problems
+    assert any("declared [50, 14] but the postprocess produces [25, 14]" in p for p in problems), problems
+
+
+def test_ensemble_step_dtype_mismatch(repository):
+    edit(repository / "libero" / "config.pbtxt", '{ name: "state" data_type: TYPE_FP32 dims: [ 8 ] }',
+         '{ name: "state" data_type: TYPE_FP64 dims: [ 8 ] }')
+    problems = check_repository(repository).problems
+    assert any("'state' is ('TYPE_FP64', [8]) but 'libero_preprocess'" in p for p in problems), problems
+
+
+def test_missing_model_onnx(repository):
+    (repository / "policy_core" / "1" / "model.onnx").unlink()
+    result = cli("check", "--model-repository", str(repository))
+    assert result.returncode == 1 and "model.onnx: missing; run `openpi-triton export`" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["serve", "export", "check", "client"])
+def test_every_command_has_help(command):
+    result = cli(command, "--help")
+    assert result.returncode == 0 and "usage: openpi-triton " + command in result.stdout
+
+
+def test_mistakes_get_one_line(tmp_path):
+    wrong_flag = cli("serve", "--prot", "9")
+    assert wrong_flag.returncode == 2 and "unrecognized arguments: --prot" in wrong_flag.stderr
+    missing_keys = cli("serve", "--api-key-file", str(tmp_path / "keys.txt"))
+    assert missing_keys.returncode == 2
+    assert missing_keys.stderr.strip().splitlines() == [f"openpi-triton: error: API key file {tmp_path / 'keys.txt'} "
+                                                        "does not exist"]
+    no_model = cli("serve", "--model-repository", str(tmp_path))
+    assert no_model.returncode == 2 and "model.onnx is missing: run `openpi-triton export`" in no_model.stderr
+
+
+def test_environment_variables_are_read_and_checked():
+    import os
+
+    env = {**os.environ, "OPENPI_TRITON_MAX_CONNECTIONS": "many"}
+    result = cli("serve", env=env)
+    assert result.returncode == 2
+    assert "OPENPI_TRITON_MAX_CONNECTIONS='many' is not a valid int" in result.stderr
+    shown = cli("serve", "--help", env={**os.environ, "OPENPI_TRITON_PORT": "9123"})
+    assert re.search(r"default:\s+9123", shown.stdout)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("fmt, shape", [("libero", "(10, 7)"), ("droid", "(15, 8)"), ("aloha", "(50, 14)")])
+def test_demo_client_runs_a_robot_loop(front, fmt, shape):
+    port = front.rsplit(":", 1)[1]
+    result = cli("client", "--format", fmt, "--steps", "3", "--host", "127.0.0.1", "--port", port)
+    assert result.returncode == 0, result.stderr
+    assert f"3 steps of {fmt}: actions {shape}; latency p50" in result.stdout
+    assert "3/3" in result.stderr  # the progress bar reached the end

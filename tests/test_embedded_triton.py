@@ -1,0 +1,71 @@
+"""The embedded tritonserver launcher: clear errors, and no orphans when its parent dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from frontend import embedded_triton
+from frontend.embedded_triton import EmbeddedTriton, EmbeddedTritonError, free_port
+
+from .conftest import TEST_MODEL_REPOSITORY
+
+
+def test_a_taken_port_is_named_with_what_to_do():
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        server = EmbeddedTriton([TEST_MODEL_REPOSITORY], http_port=free_port(), grpc_port=taken)
+        with pytest.raises(EmbeddedTritonError, match=f"gRPC port {taken} already in use.*choose other ports"):
+            server.start()
+
+
+def test_a_missing_binary_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pytriton", None)  # as if the wheel were not installed
+    with pytest.raises(EmbeddedTritonError, match="nvidia-pytriton wheel is not installed.*pip install"):
+        embedded_triton.find_triton()
+
+
+def test_a_missing_repository_is_named(tmp_path):
+    with pytest.raises(EmbeddedTritonError, match="does not exist"):
+        EmbeddedTriton([tmp_path / "nowhere"], http_port=free_port(), grpc_port=free_port()).start()
+
+
+
+
+def test_no_orphan_tritonserver_when_the_parent_is_killed():
+    script = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from frontend.embedded_triton import EmbeddedTriton, free_port
+        server = EmbeddedTriton([Path({str(TEST_MODEL_REPOSITORY)!r})], http_port=free_port(),
+                                grpc_port=free_port(), metrics_port=free_port())
+        server.start()
+        print(server.process.pid, flush=True)
+        time.sleep(600)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    triton_pid = int(parent.stdout.readline())
+    assert os.path.exists(f"/proc/{triton_pid}")
+    parent.send_signal(signal.SIGKILL)  # no cleanup code runs
+    parent.wait()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _alive(triton_pid):
+        time.sleep(0.2)
+    assert not _alive(triton_pid), "tritonserver outlived its parent"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
