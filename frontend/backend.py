@@ -139,6 +139,7 @@ class TritonBackend:
         except InferenceServerException as error:
             status = error.status() or ""
             if status in _UNAVAILABLE or "Deadline" in (error.message() or ""):
-                raise BackendUnavailable(f"policy backend unavailable ({status or 'no answer'}): {error.message()}") from None
+                reason = f"{status or 'no answer'}): {error.message()}"
+                raise BackendUnavailable(f"policy backend unavailable ({reason}") from None
             raise BackendRejected(error.message() or str(error)) from None
         return {name: result.as_numpy(name) for name in policy.outputs.values()}

@@ -24,7 +24,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 PR_SET_PDEATHSIG = 1
 INSTALL_HINT = "install it with `pip install nvidia-pytriton==0.7.0` (or run `make serve`, which does)"
 
@@ -58,7 +57,9 @@ def find_triton() -> TritonInstall:
     try:
         import pytriton
     except ImportError:
-        raise EmbeddedTritonError(f"tritonserver not found: the nvidia-pytriton wheel is not installed; {INSTALL_HINT}") from None
+        raise EmbeddedTritonError(
+            f"tritonserver not found: the nvidia-pytriton wheel is not installed; {INSTALL_HINT}"
+        ) from None
     install = TritonInstall(Path(pytriton.__file__).parent / "tritonserver")
     if not install.binary.is_file():
         raise EmbeddedTritonError(f"tritonserver not found at {install.binary}; reinstall it: {INSTALL_HINT}")
@@ -184,13 +185,12 @@ class EmbeddedTriton:
         place_python_stub(install)
 
         env = _stub_environment(install)
-        log = tempfile.NamedTemporaryFile(prefix="tritonserver-", suffix=".log", delete=False)
-        self.log_path = Path(log.name)
-        self.process = subprocess.Popen(
-            self.command(install), stdout=log, stderr=subprocess.STDOUT, env=env,
-            preexec_fn=_die_with_parent, start_new_session=True,
-        )
-        log.close()
+        with tempfile.NamedTemporaryFile(prefix="tritonserver-", suffix=".log", delete=False) as log:
+            self.log_path = Path(log.name)
+            self.process = subprocess.Popen(
+                self.command(install), stdout=log, stderr=subprocess.STDOUT, env=env,
+                preexec_fn=_die_with_parent, start_new_session=True,
+            )
         try:
             self.wait_ready()
         except BaseException:

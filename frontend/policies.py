@@ -158,12 +158,14 @@ def _describe_value(value: Any) -> str:
 
 def _as_numeric_tensor(value: Any, spec: InputSpec) -> np.ndarray:
     target = TRITON_DTYPES[spec.datatype]
-    if isinstance(value, (bool, int, float, list)) and not isinstance(value, np.ndarray):
+    if isinstance(value, (bool, int, float, list)):
         value = np.asarray(value)
     if not isinstance(value, (np.ndarray, np.generic)) or value.dtype.kind not in "biuf":
         raise ProtocolError(f"key {spec.key!r}: expected {spec.describe()}, got {_describe_value(value)}")
     array = np.asarray(value)
-    shape_ok = array.ndim == len(spec.dims) and all(d < 0 or d == n for d, n in zip(spec.dims, array.shape))
+    shape_ok = array.ndim == len(spec.dims) and all(
+        d < 0 or d == n for d, n in zip(spec.dims, array.shape, strict=True)
+    )
     if not shape_ok or not np.can_cast(array.dtype, target, "same_kind"):
         raise ProtocolError(f"key {spec.key!r}: expected {spec.describe()}, got {_describe_value(array)}")
     if array.dtype.kind == "f" and not np.isfinite(array).all():

@@ -15,7 +15,7 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 
 from frontend.policies import PolicyConfigError, is_policy, policy_from_config
-from openpi_policy.pipeline import Postprocessor, PostprocessConfig, Preprocessor, PreprocessConfig
+from openpi_policy.pipeline import PostprocessConfig, Postprocessor, PreprocessConfig, Preprocessor
 from openpi_policy.reference_pipeline import read_model_config
 
 ONNX_TYPES = {1: "TYPE_FP32", 2: "TYPE_UINT8", 7: "TYPE_INT64", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64"}
@@ -92,7 +92,7 @@ def _parameter(config: dict[str, Any], key: str) -> str | None:
 
 def _check_processing(models: dict[str, tuple[Path, dict]], report: Report) -> None:
     """Load every pre/post-processing model's settings as Triton would, then compare shapes."""
-    for name, (path, config) in models.items():
+    for path, config in models.values():
         base = path.parent if path.parent.name != "configs" else path.parent.parent
         try:
             if (text := _parameter(config, "preprocess")) is not None:
@@ -136,7 +136,7 @@ def _check_onnx(repository: Path, models: dict[str, tuple[Path, dict]], report: 
         shape = [d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim]
         onnx_type = ONNX_TYPES.get(value.type.tensor_type.elem_type, str(value.type.tensor_type.elem_type))
         # A symbolic ONNX dim (-1) is fine where the config is fixed: TensorRT resolves it.
-        dims_agree = len(shape) == len(dims) + 1 and all(o in (-1, c) for o, c in zip(shape[1:], dims))
+        dims_agree = len(shape) == len(dims) + 1 and all(o in (-1, c) for o, c in zip(shape[1:], dims, strict=True))
         if onnx_type != dtype or not dims_agree or shape[0] != -1:
             report.problems.append(f"{onnx_path}: {value.name!r} is {onnx_type} {shape} in the ONNX but "
                                    f"{dtype} [batch, {', '.join(map(str, dims))}] in {path.name}")

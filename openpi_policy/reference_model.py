@@ -131,7 +131,7 @@ class ReferencePolicy(nn.Module):
         self, x: torch.Tensor, t: float, prefix_kv: list[tuple[torch.Tensor, torch.Tensor]], bias: torch.Tensor
     ) -> torch.Tensor:
         h = self.action_in(x) + self.action_position + self.time_mlp(time_embedding(t, self.width))
-        for block, kv in zip(self.expert_blocks, prefix_kv):
+        for block, kv in zip(self.expert_blocks, prefix_kv, strict=True):
             h = block(h, None, kv, bias)
         return self.action_out(h)
 

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from openpi_policy import spec
-from openpi_policy.pipeline import Postprocessor, PostprocessConfig, Preprocessor, PreprocessConfig
+from openpi_policy.pipeline import PostprocessConfig, Postprocessor, PreprocessConfig, Preprocessor
+
 
 def read_model_config(config_pbtxt: Path) -> Any:
     """Parse a config.pbtxt into Triton's ModelConfig protobuf."""

@@ -19,7 +19,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from openpi_policy import spec
-from openpi_policy.pipeline import Postprocessor, PostprocessConfig, Preprocessor, PreprocessConfig
+from openpi_policy.pipeline import PostprocessConfig, Postprocessor, PreprocessConfig, Preprocessor
 
 
 def _parameter(model_config: dict[str, Any], key: str) -> str:

@@ -24,13 +24,13 @@ def test_a_taken_port_is_named_with_what_to_do():
         squatter.listen()
         taken = squatter.getsockname()[1]
         server = EmbeddedTriton([TEST_MODEL_REPOSITORY], http_port=free_port(), grpc_port=taken)
-        with pytest.raises(EmbeddedTritonError, match=f"gRPC port {taken} already in use.*choose other ports"):
+        with pytest.raises(EmbeddedTritonError, match=rf"gRPC port {taken} already in use.*choose other ports"):
             server.start()
 
 
 def test_a_missing_binary_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "pytriton", None)  # as if the wheel were not installed
-    with pytest.raises(EmbeddedTritonError, match="nvidia-pytriton wheel is not installed.*pip install"):
+    with pytest.raises(EmbeddedTritonError, match=r"nvidia-pytriton wheel is not installed.*pip install"):
         embedded_triton.find_triton()
 
 

@@ -91,7 +91,7 @@ def test_concurrent_requests_are_batched_in_the_policy_core(client, triton):
         barrier.wait()
         try:
             own.infer("libero", to_triton(libero_inputs(seed)))
-        except BaseException as error:  # noqa: BLE001 - reported below
+        except BaseException as error:
             errors.append(error)
 
     threads = [threading.Thread(target=robot, args=(seed,)) for seed in range(16)]

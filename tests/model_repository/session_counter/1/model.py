@@ -11,15 +11,15 @@ class TritonPythonModel:
     def execute(self, requests):
         responses = []
         for request in requests:
-            def value(name):
-                return int(pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)[0])
-
-            sequence = value("CORRID")
-            if value("START"):
+            sequence, start, end = (
+                int(pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)[0])
+                for name in ("CORRID", "START", "END")
+            )
+            if start:
                 self.steps[sequence] = 0
             self.steps[sequence] = self.steps.get(sequence, 0) + 1
             step = self.steps[sequence]
-            if value("END"):
+            if end:
                 del self.steps[sequence]
             responses.append(pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor("step", np.array([[step]], np.int64)),
