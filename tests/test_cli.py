@@ -111,3 +111,44 @@ def test_demo_client_runs_a_robot_loop(front, fmt, shape):
     assert result.returncode == 0, result.stderr
     assert f"3 steps of {fmt}: actions {shape}; latency p50" in result.stdout
     assert "3/3" in result.stderr  # the progress bar reached the end
+
+
+@pytest.mark.integration
+def test_adding_a_format_is_data(repository):
+    """The README's UR5 walkthrough, step by step, then served by Triton to a stock openpi_client."""
+    import numpy as np
+    from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+    from frontend.embedded_triton import EmbeddedTriton, free_port
+
+    from .conftest import front_settings, running_front
+
+    for suffix in ("", "_preprocess", "_postprocess"):
+        shutil.copytree(repository / f"droid{suffix}", repository / f"ur5{suffix}")
+        config = repository / f"ur5{suffix}" / "config.pbtxt"
+        text = config.read_text().replace("droid", "ur5")
+        for old, new in [("exterior_image_1_left", "base_rgb"), ("wrist_image_left", "wrist_rgb"),
+                         ('"joint_position" data_type: TYPE_FP32 dims: [ 7 ]', '"joints" data_type: TYPE_FP32 dims: [ 6 ]'),
+                         ("joint_position", "joints"), ("gripper_position", "gripper")]:
+            text = text.replace(old, new)
+        config.write_text(text)
+    edit(repository / "ur5" / "config.pbtxt", "observation/", "")
+    edit(repository / "ur5" / "config.pbtxt", "dims: [ 15, 8 ]", "dims: [ 10, 7 ]")
+    edit(repository / "ur5_postprocess" / "config.pbtxt", '"action_horizon": 15, "action_dim": 8',
+         '"action_horizon": 10, "action_dim": 7')
+    edit(repository / "ur5_postprocess" / "config.pbtxt", "dims: [ 15, 8 ]", "dims: [ 10, 7 ]")
+    stats = {"mean": [0.0] * 7, "std": [1.0] * 7, "q01": [-1.0] * 7, "q99": [1.0] * 7}
+    (repository / "ur5" / "norm_stats.json").write_text(json.dumps({"norm_stats": {"state": stats, "actions": stats}}))
+
+    report = check_repository(repository)
+    assert report.ok, report.problems
+    assert "ur5" in report.policies
+
+    rng = np.random.default_rng(0)
+    observation = {"base_rgb": rng.integers(0, 256, (480, 640, 3), dtype=np.uint8),
+                   "wrist_rgb": rng.integers(0, 256, (224, 224, 3), dtype=np.uint8),
+                   "joints": rng.normal(size=6), "gripper": np.array([0.5]), "prompt": "stack the blocks"}
+    with EmbeddedTriton([repository], http_port=free_port(), grpc_port=free_port(),
+                        metrics_port=free_port()) as triton, running_front(front_settings(triton)) as url:
+        actions = WebsocketClientPolicy(host=url + "/v1/realtime/robot/openpi/ur5").infer(observation)["actions"]
+    assert actions.shape == (10, 7) and actions.dtype == np.float32
