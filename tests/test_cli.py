@@ -128,7 +128,8 @@ def test_adding_a_format_is_data(repository):
         config = repository / f"ur5{suffix}" / "config.pbtxt"
         text = config.read_text().replace("droid", "ur5")
         for old, new in [("exterior_image_1_left", "base_rgb"), ("wrist_image_left", "wrist_rgb"),
-                         ('"joint_position" data_type: TYPE_FP32 dims: [ 7 ]', '"joints" data_type: TYPE_FP32 dims: [ 6 ]'),
+                         ('"joint_position" data_type: TYPE_FP32 dims: [ 7 ]',
+                          '"joints" data_type: TYPE_FP32 dims: [ 6 ]'),
                          ("joint_position", "joints"), ("gripper_position", "gripper")]:
             text = text.replace(old, new)
         config.write_text(text)
