@@ -229,15 +229,17 @@ class EmbeddedTriton:
     def stop(self, timeout_s: float = 30.0) -> None:
         """Graceful stop (SIGTERM: Triton unloads models and ends its stubs), then SIGKILL the group."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        # The log is only kept when start-up failed (the error message points at it).
+        if process is not None and process.returncode == 0 and self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> EmbeddedTriton:
         return self.start()
