@@ -1,0 +1,65 @@
+"""OpenPI's reference `WebsocketPolicyServer` (the `openpi-server` package) serving the same policy
+in-process: the same preprocess/postprocess objects and ONNX Runtime on the same `model.onnx`
+(`ReferencePipeline`), with the observation -> tensor mapping taken from the ensemble's config.
+
+Run as `python -m benchmarks.reference_server --port 8765`; the side-by-side benchmark starts it in
+a subprocess so that it has its own interpreter, as it would in production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from openpi_client.base_policy import BasePolicy
+
+from benchmarks.observations import DEFAULT_MODEL_REPOSITORY, ensemble_inputs, policy_from_repository
+from frontend.codec import flatten
+from frontend.policies import unbatch
+from openpi_policy.reference_pipeline import ReferencePipeline, onnx_session
+
+
+class ReferencePolicy(BasePolicy):
+    """An OpenPI policy object: observation dict in, `{"actions": [H, D], "policy_timing": ...}` out."""
+
+    def __init__(self, model_repository: Path, policy: str, threads: int = 0) -> None:
+        self.policy = policy_from_repository(model_repository, policy)
+        if len(self.policy.outputs) != 1:
+            raise ValueError(f"policy {policy!r}: the reference pipeline produces one output (actions), "
+                             f"the ensemble declares {sorted(self.policy.outputs)}")
+        session = onnx_session(Path(model_repository) / "policy_core" / "1" / "model.onnx", threads)
+        self.pipeline = ReferencePipeline(model_repository, policy, session)
+        self.metadata: dict[str, Any] = self.pipeline.metadata
+
+    def infer(self, obs: dict) -> dict:
+        started = time.monotonic()
+        observation = flatten(obs)  # nested maps become "a/b" keys, as the front flattens them
+        seed = observation.pop("seed", None)
+        tensors = ensemble_inputs(self.policy, observation, None if seed is None else int(seed))
+        (output_name,) = self.policy.outputs.values()
+        result: dict[str, Any] = unbatch(self.policy, {output_name: self.pipeline(tensors)})
+        result["policy_timing"] = {"infer_ms": (time.monotonic() - started) * 1000}
+        return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
+    parser.add_argument("--policy", default="libero")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: one per core)")
+    args = parser.parse_args(argv)
+
+    from openpi_server import WebsocketPolicyServer
+
+    logging.basicConfig(level=logging.WARNING)
+    policy = ReferencePolicy(args.model_repository, args.policy, args.threads)
+    WebsocketPolicyServer(policy, host=args.host, port=args.port, metadata=policy.metadata).serve_forever()
+
+
+if __name__ == "__main__":
+    main()

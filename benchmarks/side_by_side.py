@@ -1,0 +1,283 @@
+"""`make bench`: one command, one machine, the same model.onnx and transforms, four ways of serving it.
+
+Rows (each with the same robot schedule, see `benchmarks.fleet`):
+  triton     the ensemble called directly over Triton gRPC (no front); robots = concurrent callers
+  front      this project's front (`openpi-triton serve`, its own process) on the same Triton
+  reference  OpenPI's reference WebsocketPolicyServer (openpi-server) serving the same policy in-process
+  onnx       the floor: ONNX Runtime on the policy core alone, in this process; robots = threads
+
+Writes results.json, table.md, latency_cdf.png and scaling.png to --output (bench-results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from benchmarks import servers
+from benchmarks.channels import OnnxChannel, TritonChannel
+from benchmarks.core_capacity import core_capacity
+from benchmarks.cpu import tree_cpu_seconds
+from benchmarks.fleet import Channel, OpenChannel, Schedule, drive_fleet, parse_robot_counts
+from benchmarks.loadgen import WebsocketChannel, encode_observations
+from benchmarks.machine import machine_info
+from benchmarks.observations import describe, ensemble_inputs, make_observations, policy_from_triton
+from benchmarks.plots import plot_latency_cdf, plot_scaling
+from benchmarks.report import markdown, targets
+from benchmarks.stats import PointResult
+from benchmarks.triton_stats import TritonStats, delta
+from openpi_policy.reference_pipeline import onnx_session
+
+ROWS: dict[str, str] = {
+    "triton": "Triton gRPC direct",
+    "front": "openpi-triton front",
+    "reference": "OpenPI reference server",
+    "onnx": "ONNX Runtime, core only",
+}
+
+
+@dataclass(frozen=True)
+class SideBySideConfig:
+    model_repository: Path = Path("model_repository")
+    triton_url: str | None = None  # None: start an embedded tritonserver
+    format: str = "libero"
+    policy: str | None = None      # default: the policy named like the format
+    robots: tuple[int, ...] = (1, 4, 16, 64)
+    rows: tuple[str, ...] = tuple(ROWS)
+    schedule: Schedule = field(default_factory=lambda: Schedule(rate_hz=10.0, replan_steps=5))
+    duration_s: float = 20.0
+    warmup_s: float = 3.0
+    output: Path = Path("bench-results")
+    seed: int = 0
+    progress: bool = True
+    capacity_batches: tuple[int, ...] = (1, 2, 4, 8, 16)  # policy-core batch sizes timed with the floor row
+    capacity_runs: int = 3
+
+    @property
+    def policy_name(self) -> str:
+        return self.policy or self.format
+
+    def smoke(self) -> SideBySideConfig:
+        """A few seconds in all: tiny fleets, one-second windows, a fast schedule so each window has answers."""
+        return replace(self, robots=(1, 2), duration_s=1.0, warmup_s=0.3, schedule=Schedule(50.0, 5),
+                       capacity_batches=(1, 2), capacity_runs=1)
+
+
+@dataclass
+class _Window:
+    """Server-side counters over the measurement window: Triton statistics and CPU of server processes."""
+
+    stats: TritonStats | None
+    pids: dict[str, int | None]
+    _start: dict[str, Any] = field(default_factory=dict)
+    _end: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, edge: str) -> None:
+        target = self._start if edge == "start" else self._end
+        target["cpu"] = {name: tree_cpu_seconds(pid) for name, pid in self.pids.items() if pid}
+        if self.stats is not None:
+            target["triton"] = self.stats.snapshot()
+
+    def attach(self, point: PointResult) -> PointResult:
+        answers = point.throughput * point.duration_s
+        if not (self._start and self._end and answers):
+            return point
+        cpu = {name: 1000 * (self._end["cpu"][name] - self._start["cpu"][name]) / answers
+               for name in self._start["cpu"]}
+        cpu["loadgen"] = 1000 * point.client_cpu * point.duration_s / answers
+        point.cpu_per_request_ms = cpu
+        if "triton" in self._start:
+            point.triton = delta(self._start["triton"], self._end["triton"])
+        return point
+
+
+# Opens the robots' shared resources (a gRPC client, a thread pool) for one point, in its event loop.
+OpenChannelFactory = Callable[[], contextlib.AbstractAsyncContextManager[OpenChannel]]
+
+
+def _run_row(config: SideBySideConfig, row: str, channels: OpenChannelFactory,
+             stats: TritonStats | None, pids: dict[str, int | None]) -> list[PointResult]:
+    """Every fleet size of one row, each in a fresh event loop."""
+    points = []
+    for robots in config.robots:
+        window = _Window(stats, pids)
+
+        async def point(robots: int = robots, window: _Window = window) -> PointResult:
+            async with channels() as open_channel:
+                return await drive_fleet(row, open_channel, robots, config.schedule, config.duration_s,
+                                         config.warmup_s, config.seed, config.progress, on_window=window)
+
+        points.append(window.attach(asyncio.run(point())))
+    return points
+
+
+def _websocket_channels(url: str, frames: list[bytes]) -> OpenChannelFactory:
+    @contextlib.asynccontextmanager
+    async def factory() -> AsyncIterator[OpenChannel]:
+        async def open_channel(index: int) -> Channel:
+            return await WebsocketChannel.open(url, frames, index)
+
+        yield open_channel
+
+    return factory
+
+
+def _triton_channels(triton_url: str, policy_name: str, observations: list[dict[str, Any]]) -> OpenChannelFactory:
+    policy = policy_from_triton(triton_url, policy_name)
+    pool = [ensemble_inputs(policy, obs) for obs in observations]
+
+    @contextlib.asynccontextmanager
+    async def factory() -> AsyncIterator[OpenChannel]:
+        import tritonclient.grpc.aio as grpcclient
+
+        client = grpcclient.InferenceServerClient(triton_url)  # shared, as the front shares one channel
+        try:
+            async def open_channel(index: int) -> Channel:
+                return TritonChannel(client, policy, pool, index)
+
+            yield open_channel
+        finally:
+            await client.close()
+
+    return factory
+
+
+def _onnx_channels(session: Any, robots_max: int) -> OpenChannelFactory:
+    from openpi_policy.export import example_inputs
+
+    inputs = example_inputs(1)
+    session.run(None, inputs)  # first run allocates; not part of any robot's latency
+
+    @contextlib.asynccontextmanager
+    async def factory() -> AsyncIterator[OpenChannel]:
+        with ThreadPoolExecutor(max_workers=robots_max) as executor:
+            async def open_channel(index: int) -> Channel:
+                return OnnxChannel(session, inputs, executor)
+
+            yield open_channel
+
+    return factory
+
+
+@contextlib.contextmanager
+def _stats(triton_url: str, policy: str) -> Iterator[TritonStats]:
+    stats = TritonStats(triton_url, policy)
+    try:
+        yield stats
+    finally:
+        stats.close()
+
+
+def run(config: SideBySideConfig) -> dict[str, list[PointResult]]:
+    """Run every row and write the results; returns row -> points."""
+    unknown = set(config.rows) - set(ROWS)
+    if unknown:
+        raise ValueError(f"unknown rows {sorted(unknown)}; choose from {', '.join(ROWS)}")
+    observations = make_observations(config.format, 8, config.seed)
+    frames = encode_observations(config.format, seed=config.seed)
+    rows: dict[str, list[PointResult]] = {}
+    capacity: dict[str, Any] | None = None
+    needs_triton = {"triton", "front"} & set(config.rows)
+    with contextlib.ExitStack() as stack:
+        triton_url, triton_pid = (stack.enter_context(servers.triton(config.triton_url, config.model_repository))
+                                  if needs_triton else (None, None))
+        for row in config.rows:
+            _announce(config, row)
+            if row == "triton":
+                assert triton_url is not None
+                with _stats(triton_url, config.policy_name) as stats:
+                    rows[row] = _run_row(config, row, _triton_channels(triton_url, config.policy_name, observations),
+                                         stats, {"triton": triton_pid})
+            elif row == "front":
+                assert triton_url is not None
+                with servers.front(triton_url, config.policy_name) as (url, process), \
+                        _stats(triton_url, config.policy_name) as stats:
+                    rows[row] = _run_row(config, row, _websocket_channels(url, frames), stats,
+                                         {"front": process.pid, "triton": triton_pid})
+            elif row == "reference":
+                with servers.reference_server(config.model_repository, config.policy_name) as (url, process):
+                    rows[row] = _run_row(config, row, _websocket_channels(url, frames), None,
+                                         {"reference": process.pid})
+            else:
+                session = onnx_session(config.model_repository / "policy_core" / "1" / "model.onnx")
+                # Before the fleets: after 64 threads have hammered the cores, timings run slow for a while.
+                capacity = core_capacity(session, config.capacity_batches, config.capacity_runs)
+                rows[row] = _run_row(config, row, _onnx_channels(session, max(config.robots)), None, {})
+    write(config, rows, observations[0], capacity)
+    return rows
+
+
+def _announce(config: SideBySideConfig, row: str) -> None:
+    if config.progress:
+        print(f"== {ROWS[row]}: {', '.join(map(str, config.robots))} robots, {config.schedule.describe()}",
+              file=sys.stderr, flush=True)
+
+
+def write(config: SideBySideConfig, rows: dict[str, list[PointResult]], observation: dict[str, Any],
+          capacity: dict[str, Any] | None = None) -> None:
+    output = config.output
+    output.mkdir(parents=True, exist_ok=True)
+    summary = targets(rows)
+    machine = machine_info()
+    settings = {**asdict(config), "model_repository": str(config.model_repository), "output": str(output),
+                "schedule": config.schedule.describe()}
+    (output / "results.json").write_text(json.dumps({
+        "config": settings, "machine": machine, "observation": describe(observation), "targets": summary,
+        "core_capacity": capacity,
+        "rows": {row: {"title": ROWS[row], "points": [p.to_dict() for p in points]} for row, points in rows.items()},
+    }, indent=1))
+    header = (f"Side-by-side, {config.format} observations ({config.policy_name} policy); "
+              f"{config.schedule.describe()}; {config.duration_s:g} s measured per point after "
+              f"{config.warmup_s:g} s warm-up. "
+              f"Machine: {machine['cpu']}, {machine['cpus']} CPUs, {machine['memory_gib']} GiB.")
+    (output / "table.md").write_text(markdown(rows, ROWS, summary, header, capacity))
+    titled = {ROWS[row]: points for row, points in rows.items()}
+    plot_latency_cdf(titled, output / "latency_cdf.png")
+    period = config.schedule.period_s
+    plot_scaling(titled, output / "scaling.png", 1 / period if period else None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--triton-url", help="gRPC address of a running Triton (default: start an embedded one)")
+    parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--format", default="libero", help="observation format (libero, droid, aloha)")
+    parser.add_argument("--policy", help="policy to serve (default: named like the format)")
+    parser.add_argument("--robots", type=parse_robot_counts, default=(1, 4, 16, 64), help="default: 1,4,16,64")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"subset of {','.join(ROWS)}")
+    parser.add_argument("--rate", type=float, default=10.0, help="control rate in Hz; 0 = closed loop")
+    parser.add_argument("--replan-steps", type=int, default=5)
+    parser.add_argument("--deadline-ms", type=float, default=None, help="default: replan-steps / rate")
+    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per point")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--output", type=Path, default=Path("bench-results"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="a few seconds in all: robots 1,2 and 1 s windows")
+    args = parser.parse_args(argv)
+    config = SideBySideConfig(
+        model_repository=args.model_repository, triton_url=args.triton_url, format=args.format, policy=args.policy,
+        robots=args.robots, rows=tuple(r for r in args.rows.split(",") if r),
+        schedule=Schedule(args.rate, args.replan_steps, None if args.deadline_ms is None else args.deadline_ms / 1000),
+        duration_s=args.duration, warmup_s=args.warmup, output=args.output, seed=args.seed,
+    )
+    if args.smoke:
+        config = config.smoke()
+    rows = run(config)
+    print((config.output / "table.md").read_text())
+    failed = [f"{row} x{p.robots}: {p.error_messages or 'no answers'}" for row, points in rows.items()
+              for p in points if not p.ok]
+    if failed:
+        print("errors:\n  " + "\n  ".join(failed), file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The benchmarks run end to end in smoke mode: every row produces numbers and nothing errors.
+
+No timing assertions: this machine is shared, and the numbers belong in docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.front_overhead import measure_layers
+from benchmarks.observations import make_observations, policy_from_repository
+from benchmarks.perf_triton import input_data
+from benchmarks.side_by_side import ROWS, SideBySideConfig, run
+from frontend import bench_command
+
+from .conftest import MODEL_REPOSITORY
+
+
+@pytest.mark.integration
+def test_side_by_side_smoke_produces_every_row(triton, tmp_path: Path):
+    config = SideBySideConfig(model_repository=MODEL_REPOSITORY, triton_url=triton.grpc_url, output=tmp_path,
+                              progress=False).smoke()
+    rows = run(config)
+
+    assert list(rows) == list(ROWS)
+    for row, points in rows.items():
+        assert [p.robots for p in points] == list(config.robots), row
+        for point in points:
+            assert point.errors == 0, (row, point.robots, point.error_messages)
+            assert point.requests > 0 and point.throughput > 0, (row, point.robots)
+            assert point.latency_ms["p50"] > 0 and point.latency_ms["max"] >= point.latency_ms["p99"]
+    assert rows["front"][0].triton["policy_core"]["requests"] > 0  # Triton statistics were collected
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["rows"]) == set(ROWS) and "front_added_p50_ms" in results["targets"]
+    for name in ("table.md", "latency_cdf.png", "scaling.png"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+@pytest.mark.integration
+def test_bench_command_drives_a_fleet_against_the_front(front, tmp_path: Path):
+    parser = argparse.ArgumentParser()
+    bench_command.register(parser.add_subparsers())
+    args = parser.parse_args(["bench", "--url", f"{front}/v1/realtime/robot/openpi/libero", "--robots", "1,2",
+                              "--rate", "50", "--duration", "1", "--warmup", "0.2", "--output", str(tmp_path)])
+    args.run(args)
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [p["robots"] for p in results["points"]] == [1, 2]
+    assert all(p["requests"] > 0 and p["errors"] == 0 for p in results["points"])
+    assert (tmp_path / "scaling.png").exists() and (tmp_path / "latency_cdf.png").exists()
+
+
+def test_perf_analyzer_input_data_has_every_ensemble_input():
+    policy = policy_from_repository(MODEL_REPOSITORY, "libero")
+    data = input_data(policy, make_observations("libero", 2))["data"]
+
+    assert len(data) == 2
+    entry = data[0]
+    assert set(entry) == {"image", "wrist_image", "state", "prompt", "seed"}
+    assert entry["image"]["shape"] == [224, 224, 3] and len(entry["image"]["content"]) == 224 * 224 * 3
+    assert entry["state"]["shape"] == [8] and all(isinstance(v, float) for v in entry["state"]["content"])
+    assert entry["prompt"] == {"content": ["put the black bowl on the plate"], "shape": [1]}
+
+
+def test_front_overhead_layers_are_measured():
+    layers = measure_layers(MODEL_REPOSITORY, "libero", "libero", calls=10)
+
+    assert set(layers) == {"tcp", "websocket", "front"}
+    assert all(summary["p50"] > 0 for summary in layers.values())
