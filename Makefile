@@ -1,19 +1,24 @@
 # Two commands on a fresh machine: `make serve` and `make test`. Both bootstrap what they need
-# (virtual environment, packages, the exported reference policy) and skip what is already done.
+# (virtual environment, packages, system libraries, the exported reference policy) and skip what is
+# already done.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+STAMPS := .stamps
 MODEL_ONNX := model_repository/policy_core/1/model.onnx
 EXTRAS := embedded,export,client,bench,dev
+# Debian packages the tests and benchmarks load: perf_analyzer (tritonclient[all] wheel) links libb64.
+SYSTEM_PACKAGES := libb64-0d
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: serve test install export lint client bench bench-triton clean
+.PHONY: serve test install export lint client bench bench-triton system-deps clean
 
 serve: $(MODEL_ONNX)
 	$(BIN)/openpi-triton serve
 
-test: $(MODEL_ONNX)
+test: $(MODEL_ONNX) $(STAMPS)/system-deps
 	$(BIN)/python -m pytest
 
 install: $(INSTALLED)
@@ -24,14 +29,35 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
+system-deps: $(STAMPS)/system-deps
+
+# apt-get update only when the package lists lack a package (a fresh container has none).
+$(STAMPS)/system-deps:
+	@if ! dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1; then \
+		echo "installing $(SYSTEM_PACKAGES) (Debian) ..."; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSTEM_PACKAGES) >/dev/null 2>&1 || { \
+			$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && \
+			$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSTEM_PACKAGES) >/dev/null; }; \
+	fi
+	mkdir -p $(STAMPS) && touch $@
+
 export: $(MODEL_ONNX)
 
 # Re-exported only when the reference policy's code changes (seeded: the same file every time).
 $(MODEL_ONNX): $(INSTALLED) openpi_policy/reference_model.py openpi_policy/export.py openpi_policy/spec.py
 	$(BIN)/openpi-triton export --output $@
 
+# The side-by-side benchmark (docs/BENCHMARKS.md): results, table and plots in bench-results/.
+# Extra arguments: make bench BENCH_ARGS="--robots 1,4 --duration 10"
+bench: $(MODEL_ONNX)
+	$(BIN)/python -m benchmarks.side_by_side $(BENCH_ARGS)
+
+# perf_analyzer against the ensemble over gRPC: make bench-triton BENCH_ARGS="--triton-url host:8001"
+bench-triton: $(MODEL_ONNX) $(STAMPS)/system-deps
+	$(BIN)/python -m benchmarks.perf_triton $(BENCH_ARGS)
+
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) $(MODEL_ONNX) bench-results .pytest_cache
+	rm -rf $(VENV) $(STAMPS) $(MODEL_ONNX) bench-results .pytest_cache

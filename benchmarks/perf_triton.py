@@ -4,9 +4,9 @@ Observations of a format are mapped to the ensemble's inputs exactly as the fron
 as perf_analyzer `--input-data` JSON, and perf_analyzer sweeps the concurrency range, reporting
 p99 latency. Without --triton-url an embedded tritonserver (CPU configuration) is started.
 
-perf_analyzer comes from the tritonclient[all] wheel; it needs Debian's libb64-0d (benchmarks/
-perf_triton.sh installs it) and libcudart.so.12 from the nvidia-cuda-runtime-cu12 wheel, which this
-module puts on LD_LIBRARY_PATH.
+perf_analyzer comes from the tritonclient[all] wheel; it needs Debian's libb64-0d (`make system-deps`
+installs it) and libcudart.so.12 from the nvidia-cuda-runtime-cu12 wheel, which this module puts on
+LD_LIBRARY_PATH.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def run(triton_url: str | None, model_repository: Path, format_name: str, policy
         print(" ".join(command), file=sys.stderr, flush=True)
         completed = subprocess.run(command, env=perf_analyzer_env(), check=False)
     if completed.returncode != 0:
-        hint = " (is libb64-0d installed? `apt-get install libb64-0d`)" if completed.returncode == 127 else ""
+        hint = " (is libb64-0d installed? `make system-deps`)" if completed.returncode == 127 else ""
         raise RuntimeError(f"perf_analyzer failed with exit status {completed.returncode}{hint}")
     rows = read_results(csv_file)
     (output / "summary.json").write_text(json.dumps({"policy": policy_name, "format": format_name, "rows": rows},

@@ -1,4 +1,4 @@
-"""The CLI's tool commands: `check` a model repository and run a demo robot (`client`)."""
+"""The CLI's tool commands: `check` a model repository, run a demo robot (`client`), load-test (`bench`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from frontend import bench_command
 
 
 def _check(sub: argparse._SubParsersAction) -> None:
@@ -79,4 +81,4 @@ def _client(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_check, _client]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_check, _client, bench_command.register]
