@@ -114,7 +114,7 @@ class RobotConnection:
             observation = {key: value for key, value in message.items() if key not in CONTROL_KEYS}
             tensors = observation_to_tensors(self.policy, observation, seed)
         except ProtocolError as error:
-            await self._send_error(str(error), "bad_request", endpoint)
+            await self._send_error(str(error), "bad_request", endpoint, request_id)
             return
 
         sequence = None

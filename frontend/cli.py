@@ -96,7 +96,7 @@ def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from frontend.app import create_app
-    from frontend.embedded_triton import EmbeddedTriton
+    from frontend.embedded_triton import EmbeddedTriton, EmbeddedTritonError
     from frontend.logs import configure_logging
 
     settings = _settings(args)
@@ -111,7 +111,10 @@ def _serve(args: argparse.Namespace) -> None:
             grpc_port=settings.triton_grpc_port, metrics_port=settings.triton_metrics_port,
         )
         print(f"starting tritonserver (CPU configuration) on gRPC port {settings.triton_grpc_port} ...", flush=True)
-        triton.start()
+        try:
+            triton.start()
+        except EmbeddedTritonError as error:  # a taken port, a missing binary: the message says what to do
+            raise CliError(str(error)) from None
         settings = Settings(**{**vars(settings), "triton_url": triton.grpc_url})
     try:
         app = create_app(settings, on_ready=_announce(settings))
@@ -166,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except CliError as error:
         print(f"openpi-triton: error: {error}", file=sys.stderr)
         sys.exit(2)
-    except OSError as error:  # EmbeddedTritonError is a RuntimeError; ports and files are OSErrors
+    except OSError as error:  # ports and files
         print(f"openpi-triton: error: {error}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

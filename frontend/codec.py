@@ -37,12 +37,19 @@ def _parse_dtype(raw: Any, where: str) -> np.dtype:
     text = _text(raw)
     if not isinstance(text, str):
         raise ProtocolError(f"{where}: dtype must be a string such as '<f4', got {type(raw).__name__}")
+    unsupported = f"{where}: unsupported dtype {text[:40]!r}; send bool, integer, float or string arrays"
     if not _DTYPE.match(text):
         kind = text.lstrip("<>|=")[:1]
         if kind in _REFUSED_KINDS:
             raise ProtocolError(f"{where}: {_REFUSED_KINDS[kind]} dtype {text!r} is not accepted")
-        raise ProtocolError(f"{where}: unsupported dtype {text[:40]!r}; send bool, integer, float or string arrays")
-    return np.dtype(text)
+        raise ProtocolError(unsupported)
+    try:
+        dtype = np.dtype(text)
+    except TypeError:  # well-formed but not a real type, such as '<f3'
+        raise ProtocolError(unsupported) from None
+    if dtype.itemsize == 0:
+        raise ProtocolError(f"{where}: zero-width dtype {text!r} is not accepted")
+    return dtype
 
 
 def _parse_shape(raw: Any, where: str) -> tuple[int, ...]:
@@ -67,11 +74,17 @@ def _array(data: Any, dtype_raw: Any, shape_raw: Any, where: str) -> np.ndarray:
 
 
 def _scalar(data: Any, dtype_raw: Any, where: str) -> np.generic:
+    """openpi-client's scalar: the value itself (`obj.item()`) and its dtype."""
     dtype = _parse_dtype(dtype_raw, where)
     try:
         return dtype.type(data)
-    except (TypeError, ValueError, OverflowError) as error:
-        raise ProtocolError(f"{where}: scalar {str(data)[:40]!r} is not a valid {dtype.str}: {error}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ProtocolError(f"{where}: the scalar's value is not a valid {dtype.str}") from None
+
+
+def _raw_scalar(data: Any, dtype_raw: Any, where: str) -> np.generic:
+    """msgpack-numpy's scalar: its bytes (`obj.tobytes()`) and its dtype."""
+    return _array(data, dtype_raw, [], where)[()]
 
 
 def _decode_marker(node: Mapping[Any, Any], where: str) -> Any:
@@ -86,7 +99,7 @@ def _decode_marker(node: Mapping[Any, Any], where: str) -> Any:
             raise ProtocolError(f"{where}: msgpack-numpy arrays of kind {_text(keys.get('kind'))!r} are not accepted")
         return _array(keys.get("data"), keys.get("type"), keys.get("shape"), where)
     if keys.get("nd") is False and "type" in keys:  # msgpack-numpy scalar
-        return _scalar(keys.get("data"), keys.get("type"), where)
+        return _raw_scalar(keys.get("data"), keys.get("type"), where)
     return None
 
 

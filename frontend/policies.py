@@ -156,25 +156,43 @@ def _describe_value(value: Any) -> str:
     return type(value).__name__
 
 
+def _castable(source: np.dtype, target: np.dtype) -> bool:
+    # Floats may narrow (OpenPI clients send float64 state to float32 models; overflow is caught after
+    # the cast), integers may not: a uint16 frame must not wrap silently into a uint8 image.
+    return np.can_cast(source, target, "same_kind" if target.kind == "f" else "safe")
+
+
 def _as_numeric_tensor(value: Any, spec: InputSpec) -> np.ndarray:
     target = TRITON_DTYPES[spec.datatype]
     if isinstance(value, (bool, int, float, list)):
-        value = np.asarray(value)
+        try:
+            value = np.asarray(value)
+        except (ValueError, OverflowError):  # ragged nested lists, integers past 64 bits
+            raise ProtocolError(f"key {spec.key!r}: expected {spec.describe()}, got a list that is not "
+                                "a rectangular array of numbers") from None
     if not isinstance(value, (np.ndarray, np.generic)) or value.dtype.kind not in "biuf":
         raise ProtocolError(f"key {spec.key!r}: expected {spec.describe()}, got {_describe_value(value)}")
     array = np.asarray(value)
     shape_ok = array.ndim == len(spec.dims) and all(
         d < 0 or d == n for d, n in zip(spec.dims, array.shape, strict=True)
     )
-    if not shape_ok or not np.can_cast(array.dtype, target, "same_kind"):
+    if not shape_ok or not _castable(array.dtype, target):
         raise ProtocolError(f"key {spec.key!r}: expected {spec.describe()}, got {_describe_value(array)}")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise ProtocolError(f"key {spec.key!r}: contains NaN or inf")
-    return array.astype(target, copy=False)
+    with np.errstate(over="ignore"):
+        cast = array.astype(target, copy=False)
+    if cast.dtype.kind == "f" and not np.isfinite(cast).all():
+        limit = np.finfo(target).max
+        raise ProtocolError(f"key {spec.key!r}: contains NaN or inf (or values beyond ±{limit:.3g} for {target})")
+    return cast
 
 
 def _absent(spec: InputSpec) -> np.ndarray:
-    return np.zeros([max(d, 0) for d in spec.dims], TRITON_DTYPES[spec.datatype])
+    """What an optional key that was not sent becomes: an empty frame for a camera (the preprocess
+    turns it into a masked zero image), an empty string for a prompt (the default prompt)."""
+    shape = [max(d, 0) for d in spec.dims]
+    if spec.datatype == "BYTES":
+        return np.full([max(d, 1) for d in spec.dims] or [1], b"", dtype=object)
+    return np.zeros(shape, TRITON_DTYPES[spec.datatype])
 
 
 def observation_to_tensors(policy: Policy, observation: Mapping[str, Any], seed: int | None) -> dict[str, np.ndarray]:
@@ -204,6 +222,16 @@ def observation_to_tensors(policy: Policy, observation: Mapping[str, Any], seed:
     return tensors
 
 
-def unbatch(policy: Policy, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _response_value(value: np.ndarray) -> Any:
+    """Numbers stay arrays; text (Triton BYTES, object arrays that msgpack-numpy cannot carry) becomes
+    a string, or nested lists of strings for several."""
+    if value.dtype != object:
+        return value
+    texts = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in value.reshape(-1)]
+    return texts[0] if value.size == 1 else np.array(texts, dtype=object).reshape(value.shape).tolist()
+
+
+def unbatch(policy: Policy, outputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """Model outputs -> response map under the policy's response keys."""
-    return {key: outputs[name][0] if policy.batched else outputs[name] for key, name in policy.outputs.items()}
+    return {key: _response_value(outputs[name][0] if policy.batched else outputs[name])
+            for key, name in policy.outputs.items()}

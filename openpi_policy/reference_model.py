@@ -87,10 +87,11 @@ class CameraEncoder(nn.Module):
         return x.flatten(2).transpose(1, 2) + self.position
 
 
-def time_embedding(t: float, width: int) -> torch.Tensor:
-    """Sinusoidal embedding of the flow time; t is a Python constant per unrolled step."""
+def time_embedding(t: float, width: int, like: torch.Tensor) -> torch.Tensor:
+    """Sinusoidal embedding of the flow time (t is a Python constant per unrolled step), on the device
+    and in the dtype of `like`. The width is a Python int so the export folds it all into a constant."""
     half = width // 2
-    freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, dtype=torch.float32) / half)
+    freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, dtype=like.dtype, device=like.device) / half)
     angles = t * 1000.0 * freqs
     return torch.cat([angles.sin(), angles.cos()])
 
@@ -130,7 +131,8 @@ class ReferencePolicy(nn.Module):
     def velocity(
         self, x: torch.Tensor, t: float, prefix_kv: list[tuple[torch.Tensor, torch.Tensor]], bias: torch.Tensor
     ) -> torch.Tensor:
-        h = self.action_in(x) + self.action_position + self.time_mlp(time_embedding(t, self.width))
+        h = self.action_in(x) + self.action_position
+        h = h + self.time_mlp(time_embedding(t, self.width, h))
         for block, kv in zip(self.expert_blocks, prefix_kv, strict=True):
             h = block(h, None, kv, bias)
         return self.action_out(h)

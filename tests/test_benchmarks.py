@@ -13,7 +13,8 @@ import pytest
 
 from benchmarks.front_overhead import measure_layers
 from benchmarks.observations import make_observations, policy_from_repository
-from benchmarks.perf_triton import input_data
+from benchmarks.perf_triton import Sweep, input_data
+from benchmarks.perf_triton import run as run_perf_analyzer
 from benchmarks.side_by_side import ROWS, SideBySideConfig, run
 from frontend import bench_command
 
@@ -52,6 +53,18 @@ def test_bench_command_drives_a_fleet_against_the_front(front, tmp_path: Path):
     assert [p["robots"] for p in results["points"]] == [1, 2]
     assert all(p["requests"] > 0 and p["errors"] == 0 for p in results["points"])
     assert (tmp_path / "scaling.png").exists() and (tmp_path / "latency_cdf.png").exists()
+
+
+@pytest.mark.integration
+def test_perf_analyzer_sweeps_the_ensemble(triton, tmp_path: Path):
+    # `make test` installs libb64-0d, which the wheel's perf_analyzer links; stability is loosened
+    # only so that a short smoke sweep settles on a busy 2-core machine.
+    sweep = Sweep(concurrency="1:2:1", measurement_ms=1000, stability_pct=100, max_trials=10)
+    rows = run_perf_analyzer(triton.grpc_url, MODEL_REPOSITORY, "libero", "libero", sweep, tmp_path)
+
+    assert [row["concurrency"] for row in rows] == [1, 2]
+    assert all(row["throughput"] > 0 and row["p99_ms"] >= row["p50_ms"] > 0 for row in rows)
+    assert json.loads((tmp_path / "summary.json").read_text())["rows"] == rows
 
 
 def test_perf_analyzer_input_data_has_every_ensemble_input():

@@ -92,6 +92,20 @@ def test_mistakes_get_one_line(tmp_path):
     assert no_model.returncode == 2 and "model.onnx is missing: run `openpi-triton export`" in no_model.stderr
 
 
+def test_a_taken_triton_port_is_one_line(model_onnx):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = cli("serve", "--triton-grpc-port", port, "--port", "0")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("openpi-triton: error:") and port in lines[0], lines
+    assert "Traceback" not in result.stderr
+
+
 def test_environment_variables_are_read_and_checked():
     import os
 

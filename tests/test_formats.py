@@ -58,12 +58,14 @@ def test_wrong_format_names_the_missing_keys(front):
 def test_three_formats_are_batched_together_in_the_policy_core(front, triton):
     client = grpcclient.InferenceServerClient(triton.grpc_url)
 
-    def executions() -> tuple[int, int]:
+    def executions() -> tuple[int, int, dict[int, int]]:
         stats = client.get_inference_statistics("policy_core").model_stats[0]
-        return stats.execution_count, stats.inference_count
+        batches = {b.batch_size: b.compute_infer.count for b in stats.batch_stats}
+        return stats.execution_count, stats.inference_count, batches
 
     builders = {"libero": libero, "droid": droid, "aloha": aloha}
-    robots = [(name, policy(front, name)) for name in builders for _ in range(5)]
+    per_format = 5
+    robots = [(name, policy(front, name)) for name in builders for _ in range(per_format)]
     before = executions()
     barrier = threading.Barrier(len(robots))
     shapes: list[tuple[int, ...]] = []
@@ -81,6 +83,9 @@ def test_three_formats_are_batched_together_in_the_policy_core(front, triton):
     assert sorted(shapes) == sorted(EXPECTED[name] for name, _ in robots)
     assert after[1] - before[1] == len(robots)
     assert after[0] - before[0] < len(robots), "requests from different robots were not batched"
+    # A policy-core batch larger than one format's share must hold requests of two formats or more.
+    sizes = [size for size, runs in after[2].items() if runs > before[2].get(size, 0)]
+    assert max(sizes) > per_format, f"no batch mixed formats (batch sizes {sorted(sizes)})"
 
 
 # --- the preprocess models against an independent in-process reference -----------------------------
@@ -134,13 +139,17 @@ def test_droid_preprocess_resizes_raw_frames_like_openpi(triton):
     np.testing.assert_array_equal(out["tokens"], expected_tokens(obs["prompt"]))
 
 
-def test_aloha_preprocess_takes_chw_frames_and_injects_the_default_prompt(triton):
+@pytest.mark.parametrize(("sent", "expected"), [("", "Transfer cube"), ("fold the towel", "fold the towel")],
+                         ids=["no-prompt-gets-the-default", "a-sent-prompt-wins"])
+def test_aloha_preprocess_takes_chw_frames_and_injects_the_default_prompt(triton, sent, expected):
     obs = aloha(np.random.default_rng(5))
     cam_high = obs["images"]["cam_high"]
     empty = np.zeros((1, 3, 0, 0), np.uint8)  # what the front sends for an absent wrist camera
     out = run_preprocess(triton, "aloha_preprocess", {
         "cam_high": cam_high[None], "cam_left_wrist": empty, "cam_right_wrist": empty,
-        "state": obs["state"][None].astype(np.float32), "seed": np.array([[0]], np.int64),
+        "state": obs["state"][None].astype(np.float32),
+        "prompt": np.array([[sent.encode()]], dtype=object),  # "" is what the front sends for no prompt
+        "seed": np.array([[0]], np.int64),
     })
     np.testing.assert_allclose(out["images"][0], expected_image(cam_high.transpose(1, 2, 0)), atol=1e-6)
     assert out["image_masks"].tolist() == [True, False, False]
@@ -148,5 +157,5 @@ def test_aloha_preprocess_takes_chw_frames_and_injects_the_default_prompt(triton
     stats = norm_stats("aloha")["state"]
     zscore = (obs["state"] - np.array(stats["mean"])) / (np.array(stats["std"]) + 1e-6)
     np.testing.assert_allclose(out["state"][:14], zscore, atol=1e-5)
-    np.testing.assert_array_equal(out["tokens"], expected_tokens("Transfer cube"))
-    assert out["token_mask"].sum() == len(ByteTokenizer().encode("Transfer cube")) + 2
+    np.testing.assert_array_equal(out["tokens"], expected_tokens(expected))
+    assert out["token_mask"].sum() == len(ByteTokenizer().encode(expected)) + 2

@@ -1,4 +1,5 @@
-"""Counts the calls of each Triton sequence; forgets a sequence when it ends."""
+"""Counts the calls of each Triton sequence and forgets a sequence when it ends; echoes the request id
+the front gave each inference."""
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -24,5 +25,6 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor("step", np.array([[step]], np.int64)),
                 pb_utils.Tensor("live_sequences", np.array([[len(self.steps)]], np.int64)),
+                pb_utils.Tensor("request_id", np.array([[request.request_id().encode()]], dtype=object)),
             ]))
         return responses
