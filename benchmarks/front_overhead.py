@@ -198,6 +198,59 @@ def measure_layers(model_repository: Path, format_name: str, policy: str, calls:
     return results
 
 
+async def _paired_calls(direct: Any, front: Any, pairs: int, gap_s: float) -> dict[str, Any]:
+    async def timed(channel: Any) -> float:
+        started = time.perf_counter()
+        await channel.call()
+        return (time.perf_counter() - started) * 1000
+
+    for _ in range(10):  # warm-up of both paths
+        await timed(direct), await timed(front)
+    direct_ms, front_ms = [], []
+    for index in range(pairs):
+        if index % 2:  # alternate which path goes first, so neither always follows the other
+            front_ms.append(await timed(front))
+            direct_ms.append(await timed(direct))
+        else:
+            direct_ms.append(await timed(direct))
+            front_ms.append(await timed(front))
+        await asyncio.sleep(gap_s)
+    added = np.subtract(front_ms, direct_ms)
+    return {"pairs": pairs, "direct_ms": latency_summary(direct_ms), "front_ms": latency_summary(front_ms),
+            "added_ms_median": float(np.median(added)),
+            "added_ms_iqr": [float(q) for q in np.percentile(added, [25, 75])]}
+
+
+def paired_added_latency(triton_url: str, front_url: str, policy_name: str, format_name: str,
+                         pairs: int = 200, gap_s: float = 0.02, seed: int = 0) -> dict[str, Any]:
+    """The front's added latency over a direct Triton call, for one robot, from paired calls.
+
+    One robot alternates a direct gRPC call of the ensemble and a call through the front with the same
+    observation, so both see the same machine state; the median of the per-pair differences is not
+    moved by the drift between separate measurement windows that a 2-core machine shows.
+    """
+    import tritonclient.grpc.aio as grpcclient
+
+    from benchmarks.channels import TritonChannel
+    from benchmarks.observations import ensemble_inputs, policy_from_triton
+
+    observation = make_observations(format_name, 1, seed)[0]
+    policy = policy_from_triton(triton_url, policy_name)
+    frames = encode_observations(format_name, count=1, seed=seed)
+
+    async def run() -> dict[str, Any]:
+        client = grpcclient.InferenceServerClient(triton_url)
+        front = await WebsocketChannel.open(front_url, frames)
+        try:
+            direct = TritonChannel(client, policy, [ensemble_inputs(policy, observation)], 0)
+            return await _paired_calls(direct, front, pairs, gap_s)
+        finally:
+            await front.close()
+            await client.close()
+
+    return asyncio.run(run())
+
+
 def measure_shared_memory(triton_url: str, model_repository: Path, format_name: str, policy: str,
                           calls: int) -> dict[str, Any]:
     from benchmarks.shared_memory_leg import compare_inline_and_shared_memory

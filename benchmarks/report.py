@@ -20,23 +20,29 @@ def _point(rows: Rows, row: str, robots: int) -> PointResult | None:
     return next((p for p in rows.get(row, []) if p.robots == robots), None)
 
 
-def targets(rows: Rows) -> dict[str, Any]:
+def targets(rows: Rows, paired: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The contract's numbers from one run; a target whose rows did not run is left out.
 
-    The front's added latency is judged per request: the robot's latency minus the time the front
-    spent in its Triton call (`server_timing.infer_ms`), whose p50 is not moved by the model's own
-    run-to-run spread. The difference of the two rows' p50s is reported too, but it compares separate
-    windows on a shared machine and its noise is larger than the target.
+    The front's added latency is judged on paired calls (`front_overhead.paired_added_latency`): one
+    robot alternates a direct Triton call and a call through the front, and the median per-pair
+    difference is the front's cost. Two other readings are reported beside it: the time each request
+    spent outside the front's Triton call (`server_timing.infer_ms`), an upper bound that charges the
+    front for the whole websocket hop; and the difference of the two rows' p50s, which compares
+    separate windows on a shared machine and drifts by more than the target.
     """
     out: dict[str, Any] = {}
     direct, front = _point(rows, "triton", 1), _point(rows, "front", 1)
+    added: dict[str, Any] = {}
+    if paired:
+        added.update(value=paired["added_ms_median"], iqr=paired["added_ms_iqr"], pairs=paired["pairs"])
     if front and front.overhead_ms:
-        added = front.overhead_ms["p50"]
-        out["front_added_p50_ms"] = {"value": added, "target": MAX_ADDED_P50_MS, "met": added <= MAX_ADDED_P50_MS}
+        added["outside_triton_call"] = front.overhead_ms["p50"]
+        added.setdefault("value", added["outside_triton_call"])
         if direct and direct.requests:
-            out["front_added_p50_ms"].update(rows_difference=front.latency_ms["p50"] - direct.latency_ms["p50"],
-                                             front_p50_ms=front.latency_ms["p50"],
-                                             direct_p50_ms=direct.latency_ms["p50"])
+            added.update(rows_difference=front.latency_ms["p50"] - direct.latency_ms["p50"],
+                         front_p50_ms=front.latency_ms["p50"], direct_p50_ms=direct.latency_ms["p50"])
+    if added:
+        out["front_added_p50_ms"] = {**added, "target": MAX_ADDED_P50_MS, "met": added["value"] <= MAX_ADDED_P50_MS}
     for robots in sorted({p.robots for p in rows.get("front", [])}):
         ours, theirs = _point(rows, "front", robots), _point(rows, "reference", robots)
         if not (ours and theirs and theirs.throughput):
@@ -68,12 +74,18 @@ def targets_table(summary: Mapping[str, Any]) -> str:
     lines = ["| target | measured | met |", "| --- | --- | --- |"]
     added = summary.get("front_added_p50_ms")
     if added:
-        rows = ""
+        readings = []
+        if "pairs" in added:
+            low, high = added["iqr"]
+            readings.append(f"{added['value']:+.2f} ms median of {added['pairs']} paired calls "
+                            f"(IQR {low:+.2f} … {high:+.2f})")
+        if "outside_triton_call" in added:
+            readings.append(f"{added['outside_triton_call']:.2f} ms p50 outside the front's Triton call (upper bound)")
         if "rows_difference" in added:
-            rows = (f"; rows' p50s: front {added['front_p50_ms']:.1f} vs direct {added['direct_p50_ms']:.1f} ms "
-                    f"({added['rows_difference']:+.1f} ms, separate windows)")
-        lines.append(f"| front adds ≤ {MAX_ADDED_P50_MS} ms to p50 at 1 robot | {added['value']:.2f} ms per request "
-                     f"outside the front's Triton call (p50){rows} | {'yes' if added['met'] else 'no'} |")
+            readings.append(f"rows' p50s {added['front_p50_ms']:.1f} vs {added['direct_p50_ms']:.1f} ms "
+                            f"({added['rows_difference']:+.1f}, separate windows)")
+        lines.append(f"| front adds ≤ {MAX_ADDED_P50_MS} ms to p50 at 1 robot | {'; '.join(readings)} | "
+                     f"{'yes' if added['met'] else 'no'} |")
     versus = summary.get(f"vs_reference_{TARGET_ROBOTS}_robots")
     if versus:
         lines.append(f"| {TARGET_ROBOTS} robots: ≥ {MIN_THROUGHPUT_RATIO:g}x reference throughput, lower p99 | "

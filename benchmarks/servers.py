@@ -90,12 +90,15 @@ def server_process(name: str, command: Sequence[str], ready_url: str,
 
 
 @contextlib.contextmanager
-def front(triton_url: str, policy: str, host: str = "127.0.0.1") -> Iterator[tuple[str, ServerProcess]]:
-    """`openpi-triton serve` on a free port against `triton_url`; yields (ws URL of `policy`, process)."""
+def front(triton_url: str, policy: str, shared_memory: bool,
+          host: str = "127.0.0.1") -> Iterator[tuple[str, ServerProcess]]:
+    """`openpi-triton serve` on a free port against `triton_url`; yields (ws URL of `policy`, process).
+    `shared_memory`: Triton runs on this host, so the front passes camera frames through /dev/shm, as
+    `serve` does with its own tritonserver."""
     port = free_port()
     command = [sys.executable, "-m", "frontend", "serve", "--triton-url", triton_url, "--host", host,
                "--port", str(port), "--default-policy", policy, "--log-level", "warning",
-               "--max-connections", "4096"]
+               "--max-connections", "4096", "--triton-shared-memory", "on" if shared_memory else "off"]
     with server_process("front", command, f"http://{host}:{port}/readyz") as process:
         yield f"ws://{host}:{port}/v1/realtime/robot/openpi/{policy}", process
 

@@ -27,6 +27,7 @@ from benchmarks.channels import OnnxChannel, TritonChannel
 from benchmarks.core_capacity import core_capacity
 from benchmarks.cpu import tree_cpu_seconds
 from benchmarks.fleet import Channel, OpenChannel, Schedule, drive_fleet, parse_robot_counts
+from benchmarks.front_overhead import paired_added_latency
 from benchmarks.loadgen import WebsocketChannel, encode_observations
 from benchmarks.machine import machine_info
 from benchmarks.observations import describe, ensemble_inputs, make_observations, policy_from_triton
@@ -60,6 +61,7 @@ class SideBySideConfig:
     progress: bool = True
     capacity_batches: tuple[int, ...] = (1, 2, 4, 8, 16)  # policy-core batch sizes timed with the floor row
     capacity_runs: int = 3
+    paired_calls: int = 300  # one robot alternating direct Triton and the front: the front's added latency
 
     @property
     def policy_name(self) -> str:
@@ -68,7 +70,7 @@ class SideBySideConfig:
     def smoke(self) -> SideBySideConfig:
         """A few seconds in all: tiny fleets, one-second windows, a fast schedule so each window has answers."""
         return replace(self, robots=(1, 2), duration_s=1.0, warmup_s=0.3, schedule=Schedule(50.0, 5),
-                       capacity_batches=(1, 2), capacity_runs=1)
+                       capacity_batches=(1, 2), capacity_runs=1, paired_calls=10)
 
 
 @dataclass
@@ -185,6 +187,7 @@ def run(config: SideBySideConfig) -> dict[str, list[PointResult]]:
     frames = encode_observations(config.format, seed=config.seed)
     rows: dict[str, list[PointResult]] = {}
     capacity: dict[str, Any] | None = None
+    paired: dict[str, Any] | None = None
     needs_triton = {"triton", "front"} & set(config.rows)
     with contextlib.ExitStack() as stack:
         triton_url, triton_pid = (stack.enter_context(servers.triton(config.triton_url, config.model_repository))
@@ -198,10 +201,14 @@ def run(config: SideBySideConfig) -> dict[str, list[PointResult]]:
                                          stats, {"triton": triton_pid})
             elif row == "front":
                 assert triton_url is not None
-                with servers.front(triton_url, config.policy_name) as (url, process), \
+                # An embedded Triton (no --triton-url) shares this host: the front uses shared memory.
+                with servers.front(triton_url, config.policy_name, triton_pid is not None) as (url, process), \
                         _stats(triton_url, config.policy_name) as stats:
                     rows[row] = _run_row(config, row, _websocket_channels(url, frames), stats,
                                          {"front": process.pid, "triton": triton_pid})
+                    if config.paired_calls:
+                        paired = paired_added_latency(triton_url, url, config.policy_name, config.format,
+                                                      config.paired_calls, seed=config.seed)
             elif row == "reference":
                 with servers.reference_server(config.model_repository, config.policy_name) as (url, process):
                     rows[row] = _run_row(config, row, _websocket_channels(url, frames), None,
@@ -211,7 +218,7 @@ def run(config: SideBySideConfig) -> dict[str, list[PointResult]]:
                 # Before the fleets: after 64 threads have hammered the cores, timings run slow for a while.
                 capacity = core_capacity(session, config.capacity_batches, config.capacity_runs)
                 rows[row] = _run_row(config, row, _onnx_channels(session, max(config.robots)), None, {})
-    write(config, rows, observations[0], capacity)
+    write(config, rows, observations[0], capacity, paired)
     return rows
 
 
@@ -222,16 +229,16 @@ def _announce(config: SideBySideConfig, row: str) -> None:
 
 
 def write(config: SideBySideConfig, rows: dict[str, list[PointResult]], observation: dict[str, Any],
-          capacity: dict[str, Any] | None = None) -> None:
+          capacity: dict[str, Any] | None = None, paired: dict[str, Any] | None = None) -> None:
     output = config.output
     output.mkdir(parents=True, exist_ok=True)
-    summary = targets(rows)
+    summary = targets(rows, paired)
     machine = machine_info()
     settings = {**asdict(config), "model_repository": str(config.model_repository), "output": str(output),
                 "schedule": config.schedule.describe()}
     (output / "results.json").write_text(json.dumps({
         "config": settings, "machine": machine, "observation": describe(observation), "targets": summary,
-        "core_capacity": capacity,
+        "core_capacity": capacity, "front_added_paired": paired,
         "rows": {row: {"title": ROWS[row], "points": [p.to_dict() for p in points]} for row, points in rows.items()},
     }, indent=1))
     header = (f"Side-by-side, {config.format} observations ({config.policy_name} policy); "

@@ -181,7 +181,8 @@ class RobotConnection:
 def create_app(settings: Settings, backend: TritonBackend | None = None,
                on_ready: Callable[[dict[str, Policy]], None] | None = None) -> Starlette:
     """The ASGI app. `on_ready` is called once with the policies found at start-up."""
-    backend = backend or TritonBackend(settings.triton_url or "localhost:8001", settings.triton_timeout_s)
+    backend = backend or TritonBackend(settings.triton_url or "localhost:8001", settings.triton_timeout_s,
+                                       settings.triton_shared_memory)
     metrics = FrontMetrics()
     open_connections = 0
 

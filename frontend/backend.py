@@ -13,6 +13,7 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from frontend.policies import Policy, PolicyConfigError, is_policy, policy_from_config
+from frontend.shared_memory import SharedMemoryPool, large_tensors
 
 log = logging.getLogger("openpi_triton.backend")
 
@@ -27,6 +28,7 @@ _CHANNEL_ARGS = [
 ]
 _UNAVAILABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED")
 _REDISCOVER_INTERVAL_S = 2.0
+_FORGOTTEN_REGION = "Unable to find shared memory region"  # what Triton says after a restart
 
 
 class BackendUnavailable(RuntimeError):
@@ -47,10 +49,14 @@ class Sequence:
 
 
 class TritonBackend:
-    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
+    """`shared_memory`: pass camera frames to Triton through system shared memory (same host only)."""
+
+    def __init__(self, url: str, timeout_s: float = 10.0, shared_memory: bool = False) -> None:
         self.url = url
         self.timeout_s = timeout_s
+        self.shared_memory = shared_memory
         self._client: grpcclient.InferenceServerClient | None = None
+        self._pool: SharedMemoryPool | None = None
         self._policies: dict[str, Policy] = {}
         self.config_errors: dict[str, str] = {}
         self._discovered_at = float("-inf")
@@ -63,6 +69,9 @@ class TritonBackend:
         return self._client
 
     async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -122,24 +131,55 @@ class TritonBackend:
     async def infer(
         self, policy: Policy, tensors: Mapping[str, np.ndarray], request_id: str, sequence: Sequence | None = None,
     ) -> dict[str, np.ndarray]:
-        inputs = []
-        for name, value in tensors.items():
-            tensor = grpcclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
-            tensor.set_data_from_numpy(value)
-            inputs.append(tensor)
-        outputs = [grpcclient.InferRequestedOutput(name) for name in policy.outputs.values()]
-        flags = {}
-        if sequence is not None:
-            flags = {"sequence_id": sequence.id, "sequence_start": sequence.start, "sequence_end": sequence.end}
         try:
+            return await self._infer(policy, tensors, request_id, sequence)
+        except BackendRejected as error:
+            if self._pool is None or _FORGOTTEN_REGION not in str(error):
+                raise
+            self._pool.forget_registrations()  # Triton restarted since the regions were registered
+            return await self._infer(policy, tensors, request_id, sequence)
+
+    async def _infer(
+        self, policy: Policy, tensors: Mapping[str, np.ndarray], request_id: str, sequence: Sequence | None,
+    ) -> dict[str, np.ndarray]:
+        region, answered = None, False
+        try:
+            large = large_tensors(tensors) if self.shared_memory else {}
+            if large:
+                region = await self._shared_memory_pool().acquire(sum(v.nbytes for v in large.values()))
+            inputs, offset = [], 0
+            for name, value in tensors.items():
+                tensor = grpcclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
+                if region is not None and name in large:
+                    region.write(value, offset)
+                    tensor.set_shared_memory(region.name, value.nbytes, offset)
+                    offset += value.nbytes
+                else:
+                    tensor.set_data_from_numpy(value)
+                inputs.append(tensor)
+            outputs = [grpcclient.InferRequestedOutput(name) for name in policy.outputs.values()]
+            flags = {}
+            if sequence is not None:
+                flags = {"sequence_id": sequence.id, "sequence_start": sequence.start, "sequence_end": sequence.end}
             result = await self.client.infer(
                 policy.name, inputs, outputs=outputs, request_id=request_id,
                 client_timeout=self.timeout_s, **flags,
             )
+            answered = True
         except InferenceServerException as error:
             status = error.status() or ""
             if status in _UNAVAILABLE or "Deadline" in (error.message() or ""):
                 reason = f"{status or 'no answer'}): {error.message()}"
                 raise BackendUnavailable(f"policy backend unavailable ({reason}") from None
+            answered = True
             raise BackendRejected(error.message() or str(error)) from None
+        finally:
+            if region is not None and self._pool is not None:
+                (self._pool.release if answered else self._pool.retire)(region)
         return {name: result.as_numpy(name) for name in policy.outputs.values()}
+
+    def _shared_memory_pool(self) -> SharedMemoryPool:
+        if self._pool is None:
+            self._pool = SharedMemoryPool(self.client)
+        return self._pool
+

@@ -26,7 +26,8 @@ def _env(flag: str) -> str:
     return ENV_PREFIX + flag.upper().replace("-", "_")
 
 
-def _add(parser: argparse.ArgumentParser, flag: str, kind: Callable[[str], Any], default: Any, help: str) -> None:
+def _add(parser: argparse.ArgumentParser, flag: str, kind: Callable[[str], Any], default: Any, help: str,
+         choices: Sequence[str] | None = None) -> None:
     """A flag whose default comes from OPENPI_TRITON_<FLAG> when set, else `default`."""
     env = _env(flag)
     raw = os.environ.get(env)
@@ -35,7 +36,10 @@ def _add(parser: argparse.ArgumentParser, flag: str, kind: Callable[[str], Any],
             default = kind(raw)
         except ValueError:
             raise CliError(f"environment variable {env}={raw!r} is not a valid {kind.__name__}") from None
-    parser.add_argument(f"--{flag}", type=kind, default=default, help=f"{help} [env {env}; default: %(default)s]")
+        if choices is not None and default not in choices:
+            raise CliError(f"environment variable {env}={raw!r} must be one of {', '.join(choices)}")
+    parser.add_argument(f"--{flag}", type=kind, default=default, choices=choices,
+                        help=f"{help} [env {env}; default: %(default)s]")
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -57,6 +61,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     _add(p, "max-connections", int, d.max_connections, "concurrent robots; one more is refused with 1013")
     _add(p, "idle-timeout", float, d.idle_timeout_s, "seconds without a frame before a connection is closed")
     _add(p, "triton-timeout", float, d.triton_timeout_s, "seconds to wait for Triton on each call")
+    _add(p, "triton-shared-memory", str, "auto", "pass camera frames to Triton through system shared "
+         "memory: auto = on for the embedded tritonserver, off with --triton-url (use on only when Triton "
+         "shares this host's /dev/shm)", choices=("auto", "on", "off"))
     _add(p, "log-level", str, d.log_level, "debug, info, warning or error")
     p.set_defaults(run=_serve)
 
@@ -71,6 +78,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         api_keys=read_api_keys(args.api_keys, args.api_key_file), max_frame_bytes=args.max_frame_bytes,
         max_connections=args.max_connections, idle_timeout_s=args.idle_timeout,
         triton_timeout_s=args.triton_timeout, log_level=args.log_level,
+        triton_shared_memory=args.triton_shared_memory == "on"
+        or (args.triton_shared_memory == "auto" and args.triton_url is None),
     )
 
 

@@ -26,6 +26,8 @@ class Settings:
     # Long enough for a person to reset a scene between episodes without reconnecting.
     idle_timeout_s: float = 900.0
     triton_timeout_s: float = 10.0
+    # Camera frames reach Triton through system shared memory: only when both run on one host.
+    triton_shared_memory: bool = False
     log_level: str = "info"
 
     @property

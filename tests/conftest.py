@@ -66,7 +66,10 @@ def running_front(settings: Settings) -> Iterator[str]:
 
 
 def front_settings(triton: EmbeddedTriton, **overrides: object) -> Settings:
-    return Settings(**{"triton_url": triton.grpc_url, "port": free_port(), "host": "127.0.0.1", **overrides})
+    """A front on `triton`, which runs on this host: camera frames go through shared memory, as they do
+    when `openpi-triton serve` starts its own tritonserver."""
+    defaults = {"triton_url": triton.grpc_url, "port": free_port(), "host": "127.0.0.1", "triton_shared_memory": True}
+    return Settings(**{**defaults, **overrides})
 
 
 @pytest.fixture(scope="session")

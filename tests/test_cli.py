@@ -106,6 +106,18 @@ def test_a_taken_triton_port_is_one_line(model_onnx):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(("args", "expected"), [
+    ([], True),  # the embedded tritonserver shares this host
+    (["--triton-url", "gpu-host:8001"], False),  # another host may not share /dev/shm
+    (["--triton-url", "localhost:8001", "--triton-shared-memory", "on"], True),
+    (["--triton-shared-memory", "off"], False),
+])
+def test_shared_memory_is_on_for_a_triton_on_this_host(args, expected):
+    from frontend.cli import _settings, build_parser
+
+    assert _settings(build_parser().parse_args(["serve", *args])).triton_shared_memory is expected
+
+
 def test_environment_variables_are_read_and_checked():
     import os
 

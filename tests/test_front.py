@@ -10,6 +10,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 from openpi_client import msgpack_numpy
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -57,6 +58,16 @@ def test_stock_openpi_client_gets_actions(front, path):
     assert set(first["server_timing"]) == {"infer_ms"}
     assert first["server_timing"]["infer_ms"] > 0
     assert second["server_timing"]["prev_total_ms"] >= first["server_timing"]["infer_ms"]
+
+
+def test_camera_frames_reach_triton_through_shared_memory(front, triton):
+    observation = {**libero(np.random.default_rng(0)), "seed": 5}
+    through_shared_memory = client_for(front).infer(observation)["actions"]
+    status = grpcclient.InferenceServerClient(triton.grpc_url).get_system_shared_memory_status(as_json=True)
+    assert any(name.startswith("openpi_triton_") for name in status.get("regions", {})), status
+    with running_front(front_settings(triton, triton_shared_memory=False)) as inline_front:
+        inline = client_for(inline_front).infer(observation)["actions"]
+    np.testing.assert_array_equal(through_shared_memory, inline)
 
 
 def test_seed_makes_sampling_deterministic(front):
@@ -255,8 +266,10 @@ def test_triton_outage_is_reported_and_recovered_from_without_a_restart(tmp_path
         settings = front_settings(backend, triton_timeout_s=3.0, default_policy="slow_policy")
         with running_front(settings) as url:
             ws = raw_connection(url)
-            request = {"delay": np.array([0.0], np.float32)}
-            assert isinstance(ask(ws, request), dict)
+            # Large enough to travel through shared memory, whose registrations a restart wipes out.
+            payload = np.random.default_rng(0).integers(0, 256, 128 * 1024, dtype=np.uint8)
+            request = {"delay": np.array([0.0], np.float32), "payload": payload}
+            assert int(ask(ws, request)["payload_sum"][0]) == int(payload.sum())
 
             backend.stop()
             ws.send(msgpack_numpy.packb(request))
@@ -273,7 +286,16 @@ def test_triton_outage_is_reported_and_recovered_from_without_a_restart(tmp_path
                     break
                 time.sleep(0.5)
             assert isinstance(reply, dict), f"the front did not recover: {reply}"
+            assert int(reply["payload_sum"][0]) == int(payload.sum())
             assert http_get(url, "/readyz")[0] == 200
+
+            # A restart between two requests: the front's shared-memory regions are unknown to the new
+            # Triton, and the very next request still gets its answer.
+            backend.stop()
+            backend.start()
+            reply = ask(ws, request)
+            assert isinstance(reply, dict), f"the first request after a restart failed: {reply}"
+            assert int(reply["payload_sum"][0]) == int(payload.sum())
     finally:
         backend.stop()
 
