@@ -198,36 +198,41 @@ def measure_layers(model_repository: Path, format_name: str, policy: str, calls:
     return results
 
 
-async def _paired_calls(direct: Any, front: Any, pairs: int, gap_s: float) -> dict[str, Any]:
+async def _paired_calls(direct: Any, fronts: dict[str, Any], rounds: int, gap_s: float) -> dict[str, Any]:
+    """Each round calls the direct path and every front once, in an order that rotates by round."""
     async def timed(channel: Any) -> float:
         started = time.perf_counter()
         await channel.call()
         return (time.perf_counter() - started) * 1000
 
-    for _ in range(10):  # warm-up of both paths
-        await timed(direct), await timed(front)
-    direct_ms, front_ms = [], []
-    for index in range(pairs):
-        if index % 2:  # alternate which path goes first, so neither always follows the other
-            front_ms.append(await timed(front))
-            direct_ms.append(await timed(direct))
-        else:
-            direct_ms.append(await timed(direct))
-            front_ms.append(await timed(front))
+    paths = {"direct": direct, **fronts}
+    names = list(paths)
+    for _ in range(10):  # warm-up of every path
+        for channel in paths.values():
+            await timed(channel)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(rounds):
+        shift = index % len(names)  # no path always follows the same one
+        for name in names[shift:] + names[:shift]:
+            times[name].append(await timed(paths[name]))
         await asyncio.sleep(gap_s)
-    added = np.subtract(front_ms, direct_ms)
-    return {"pairs": pairs, "direct_ms": latency_summary(direct_ms), "front_ms": latency_summary(front_ms),
-            "added_ms_median": float(np.median(added)),
-            "added_ms_iqr": [float(q) for q in np.percentile(added, [25, 75])]}
+    result: dict[str, Any] = {"pairs": rounds, "direct_ms": latency_summary(times["direct"]), "fronts": {}}
+    for name in fronts:
+        added = np.subtract(times[name], times["direct"])
+        result["fronts"][name] = {"front_ms": latency_summary(times[name]),
+                                  "added_ms_median": float(np.median(added)),
+                                  "added_ms_iqr": [float(q) for q in np.percentile(added, [25, 75])]}
+    return result
 
 
-def paired_added_latency(triton_url: str, front_url: str, policy_name: str, format_name: str,
-                         pairs: int = 200, gap_s: float = 0.02, seed: int = 0) -> dict[str, Any]:
-    """The front's added latency over a direct Triton call, for one robot, from paired calls.
+def paired_added_latency(triton_url: str, front_urls: dict[str, str], policy_name: str, format_name: str,
+                         rounds: int = 200, gap_s: float = 0.02, seed: int = 0) -> dict[str, Any]:
+    """The front's added latency over a direct Triton call, for one robot, from interleaved calls.
 
-    One robot alternates a direct gRPC call of the ensemble and a call through the front with the same
-    observation, so both see the same machine state; the median of the per-pair differences is not
-    moved by the drift between separate measurement windows that a 2-core machine shows.
+    One robot calls the ensemble directly over gRPC and through each front (e.g. with and without
+    shared memory) in turn, with the same observation, so every path sees the same machine state; the
+    median of the per-round differences is not moved by the drift between separate measurement
+    windows that a shared 2-core machine shows.
     """
     import tritonclient.grpc.aio as grpcclient
 
@@ -240,12 +245,13 @@ def paired_added_latency(triton_url: str, front_url: str, policy_name: str, form
 
     async def run() -> dict[str, Any]:
         client = grpcclient.InferenceServerClient(triton_url)
-        front = await WebsocketChannel.open(front_url, frames)
+        fronts = {name: await WebsocketChannel.open(url, frames) for name, url in front_urls.items()}
         try:
             direct = TritonChannel(client, policy, [ensemble_inputs(policy, observation)], 0)
-            return await _paired_calls(direct, front, pairs, gap_s)
+            return await _paired_calls(direct, fronts, rounds, gap_s)
         finally:
-            await front.close()
+            for channel in fronts.values():
+                await channel.close()
             await client.close()
 
     return asyncio.run(run())

@@ -61,7 +61,7 @@ class SideBySideConfig:
     progress: bool = True
     capacity_batches: tuple[int, ...] = (1, 2, 4, 8, 16)  # policy-core batch sizes timed with the floor row
     capacity_runs: int = 3
-    paired_calls: int = 300  # one robot alternating direct Triton and the front: the front's added latency
+    paired_calls: int = 300  # rounds of one robot calling direct Triton and the front(s) in turn
 
     @property
     def policy_name(self) -> str:
@@ -105,20 +105,25 @@ class _Window:
 OpenChannelFactory = Callable[[], contextlib.AbstractAsyncContextManager[OpenChannel]]
 
 
-def _run_row(config: SideBySideConfig, row: str, channels: OpenChannelFactory,
-             stats: TritonStats | None, pids: dict[str, int | None]) -> list[PointResult]:
-    """Every fleet size of one row, each in a fresh event loop."""
-    points = []
-    for robots in config.robots:
-        window = _Window(stats, pids)
+@dataclass
+class _Row:
+    """How to reach one row's server, and which processes to account CPU to."""
 
-        async def point(robots: int = robots, window: _Window = window) -> PointResult:
-            async with channels() as open_channel:
-                return await drive_fleet(row, open_channel, robots, config.schedule, config.duration_s,
-                                         config.warmup_s, config.seed, config.progress, on_window=window)
+    channels: OpenChannelFactory
+    pids: dict[str, int | None]
+    stats: TritonStats | None = None  # Triton statistics over each window (rows served by Triton)
 
-        points.append(window.attach(asyncio.run(point())))
-    return points
+
+def _run_point(config: SideBySideConfig, name: str, row: _Row, robots: int) -> PointResult:
+    """One fleet size of one row, in a fresh event loop."""
+    window = _Window(row.stats, row.pids)
+
+    async def point() -> PointResult:
+        async with row.channels() as open_channel:
+            return await drive_fleet(name, open_channel, robots, config.schedule, config.duration_s,
+                                     config.warmup_s, config.seed, config.progress, on_window=window)
+
+    return window.attach(asyncio.run(point()))
 
 
 def _websocket_channels(url: str, frames: list[bytes]) -> OpenChannelFactory:
@@ -179,52 +184,71 @@ def _stats(triton_url: str, policy: str) -> Iterator[TritonStats]:
 
 
 def run(config: SideBySideConfig) -> dict[str, list[PointResult]]:
-    """Run every row and write the results; returns row -> points."""
+    """Run every row and write the results; returns row -> points.
+
+    Every server starts first; then each fleet size runs every row back to back, in an order that
+    reverses from one fleet size to the next, so that rows are compared over the same minutes of a
+    machine whose speed drifts (a shared 2-core VM does, by tens of percent).
+    """
     unknown = set(config.rows) - set(ROWS)
     if unknown:
         raise ValueError(f"unknown rows {sorted(unknown)}; choose from {', '.join(ROWS)}")
     observations = make_observations(config.format, 8, config.seed)
     frames = encode_observations(config.format, seed=config.seed)
-    rows: dict[str, list[PointResult]] = {}
     capacity: dict[str, Any] | None = None
     paired: dict[str, Any] | None = None
-    needs_triton = {"triton", "front"} & set(config.rows)
     with contextlib.ExitStack() as stack:
         triton_url, triton_pid = (stack.enter_context(servers.triton(config.triton_url, config.model_repository))
-                                  if needs_triton else (None, None))
-        for row in config.rows:
-            _announce(config, row)
-            if row == "triton":
+                                  if {"triton", "front"} & set(config.rows) else (None, None))
+        stats = stack.enter_context(_stats(triton_url, config.policy_name)) if triton_url else None
+        front_url = None
+        setup: dict[str, _Row] = {}
+        for name in config.rows:
+            if name == "triton":
                 assert triton_url is not None
-                with _stats(triton_url, config.policy_name) as stats:
-                    rows[row] = _run_row(config, row, _triton_channels(triton_url, config.policy_name, observations),
-                                         stats, {"triton": triton_pid})
-            elif row == "front":
+                setup[name] = _Row(_triton_channels(triton_url, config.policy_name, observations),
+                                   {"triton": triton_pid}, stats)
+            elif name == "front":
                 assert triton_url is not None
                 # An embedded Triton (no --triton-url) shares this host: the front uses shared memory.
-                with servers.front(triton_url, config.policy_name, triton_pid is not None) as (url, process), \
-                        _stats(triton_url, config.policy_name) as stats:
-                    rows[row] = _run_row(config, row, _websocket_channels(url, frames), stats,
-                                         {"front": process.pid, "triton": triton_pid})
-                    if config.paired_calls:
-                        paired = paired_added_latency(triton_url, url, config.policy_name, config.format,
-                                                      config.paired_calls, seed=config.seed)
-            elif row == "reference":
-                with servers.reference_server(config.model_repository, config.policy_name) as (url, process):
-                    rows[row] = _run_row(config, row, _websocket_channels(url, frames), None,
-                                         {"reference": process.pid})
+                front_url, process = stack.enter_context(
+                    servers.front(triton_url, config.policy_name, triton_pid is not None))
+                setup[name] = _Row(_websocket_channels(front_url, frames),
+                                   {"front": process.pid, "triton": triton_pid}, stats)
+            elif name == "reference":
+                url, process = stack.enter_context(servers.reference_server(config.model_repository,
+                                                                            config.policy_name))
+                setup[name] = _Row(_websocket_channels(url, frames), {"reference": process.pid})
             else:
                 session = onnx_session(config.model_repository / "policy_core" / "1" / "model.onnx")
-                # Before the fleets: after 64 threads have hammered the cores, timings run slow for a while.
                 capacity = core_capacity(session, config.capacity_batches, config.capacity_runs)
-                rows[row] = _run_row(config, row, _onnx_channels(session, max(config.robots)), None, {})
+                setup[name] = _Row(_onnx_channels(session, max(config.robots)), {})
+        rows: dict[str, list[PointResult]] = {name: [] for name in config.rows}
+        for index, robots in enumerate(config.robots):
+            order = config.rows if index % 2 == 0 else config.rows[::-1]
+            _announce(config, robots, order)
+            for name in order:
+                rows[name].append(_run_point(config, name, setup[name], robots))
+        if front_url is not None and triton_url is not None and config.paired_calls:
+            paired = _paired(config, triton_url, front_url, triton_pid is not None)
     write(config, rows, observations[0], capacity, paired)
     return rows
 
 
-def _announce(config: SideBySideConfig, row: str) -> None:
+def _paired(config: SideBySideConfig, triton_url: str, front_url: str, shared_memory: bool) -> dict[str, Any]:
+    """The front's added latency from interleaved calls; beside a front on this host's Triton (shared
+    memory), a second front without shared memory shows what that transport is worth."""
+    if not shared_memory:
+        return paired_added_latency(triton_url, {"front": front_url}, config.policy_name, config.format,
+                                    config.paired_calls, seed=config.seed)
+    with servers.front(triton_url, config.policy_name, shared_memory=False) as (inline_url, _):
+        return paired_added_latency(triton_url, {"front": front_url, "front, no shared memory": inline_url},
+                                    config.policy_name, config.format, config.paired_calls, seed=config.seed)
+
+
+def _announce(config: SideBySideConfig, robots: int, order: tuple[str, ...]) -> None:
     if config.progress:
-        print(f"== {ROWS[row]}: {', '.join(map(str, config.robots))} robots, {config.schedule.describe()}",
+        print(f"== {robots} robots: {', '.join(ROWS[name] for name in order)}; {config.schedule.describe()}",
               file=sys.stderr, flush=True)
 
 

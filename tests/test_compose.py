@@ -105,6 +105,13 @@ def test_healthcheck(compose, name, url):
     assert url in test
 
 
+def test_shared_memory_between_front_and_triton(compose):
+    """The front writes camera frames into /dev/shm for Triton to read: both need the host's IPC."""
+    services = compose["services"]
+    assert "OPENPI_TRITON_TRITON_SHARED_MEMORY=on" in services["frontend"]["environment"]
+    assert services["frontend"].get("ipc") == "host" and services["triton"].get("ipc") == "host"
+
+
 def test_triton_serves_the_mounted_model_repository(compose):
     triton = compose["services"]["triton"]
     command = triton["command"] if isinstance(triton["command"], str) else " ".join(triton["command"])

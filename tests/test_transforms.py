@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import numpy as np
 import pytest
 from openpi_client import image_tools
@@ -111,3 +114,25 @@ def test_noise_is_a_function_of_the_seed():
     assert a.shape == (50, 32) and a.dtype == np.float32
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
+
+
+# --- the code Triton's python backend imports runs on Python 3.10 (the 24.10 container) ------------
+
+# Standard-library names that appeared in Python 3.11 or later.
+NEWER_THAN_3_10 = {"tomllib", "Self", "StrEnum", "TaskGroup", "ExceptionGroup", "assert_never", "reveal_type",
+                   "LiteralString", "Never", "Required", "NotRequired", "TypeVarTuple", "Unpack", "UTC"}
+
+
+def _python_backend_sources() -> list[Path]:
+    root = Path(__file__).resolve().parent.parent
+    return sorted([*root.joinpath("openpi_policy").glob("*.py"), *root.joinpath("model_repository").rglob("*.py")])
+
+
+@pytest.mark.parametrize("path", _python_backend_sources(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_python_backend_code_parses_as_python_3_10(path: Path):
+    tree = ast.parse(path.read_text(), filename=str(path), feature_version=(3, 10))
+    used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    used |= {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    used |= {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+             for alias in node.names}
+    assert not used & NEWER_THAN_3_10, f"{path}: uses {sorted(used & NEWER_THAN_3_10)}, new in Python 3.11+"
