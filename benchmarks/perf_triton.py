@@ -103,16 +103,16 @@ def read_results(csv_file: Path) -> list[dict[str, float]]:
                 "concurrency": int(row["Concurrency"]),
                 "throughput": float(row["Inferences/Second"]),
                 **{f"p{p}_ms": int(row[f"p{p} latency"]) / 1000 for p in (50, 90, 95, 99)},
-                "server_queue_ms": int(row["Server Queue"]) / 1000,
-                "server_compute_ms": sum(int(row[f"Server Compute {k}"]) for k in ("Input", "Infer", "Output")) / 1000,
             })
     return sorted(rows, key=lambda r: r["concurrency"])
 
 
 def format_results(rows: Sequence[dict[str, float]]) -> str:
-    lines = ["concurrency  infer/s   p50 ms   p90 ms   p99 ms  server queue ms  server compute ms"]
+    """Throughput and client-side latency. (The CSV's server columns cover the ensemble's own queue
+    only, not its models'; perf_analyzer's printed per-model statistics have those.)"""
+    lines = ["concurrency  infer/s   p50 ms   p90 ms   p99 ms"]
     lines += [f"{r['concurrency']:11d}  {r['throughput']:7.1f}  {r['p50_ms']:7.1f}  {r['p90_ms']:7.1f}  "
-              f"{r['p99_ms']:7.1f}  {r['server_queue_ms']:15.1f}  {r['server_compute_ms']:17.1f}" for r in rows]
+              f"{r['p99_ms']:7.1f}" for r in rows]
     return "\n".join(lines)
 
 
