@@ -8,10 +8,10 @@ in layers, each a separate server process answered by one robot in closed loop:
   front      the front's app (`create_app`) with a backend that answers instantly: all of the
              front's own work (decode, mapping, encoding, bookkeeping) but no Triton call
 
-With --triton-url it also measures what the front -> Triton leg would save with system shared
-memory: the ensemble's first step called with its large inputs inline (gRPC) vs in shared memory.
+`paired_added_latency` measures the front in place, against a direct Triton call (the side-by-side
+benchmark runs it, with and without shared memory between the front and Triton).
 
-    python -m benchmarks.front_overhead [--triton-url localhost:8001] [--calls 500]
+    python -m benchmarks.front_overhead [--calls 500]
 """
 
 from __future__ import annotations
@@ -257,22 +257,12 @@ def paired_added_latency(triton_url: str, front_urls: dict[str, str], policy_nam
     return asyncio.run(run())
 
 
-def measure_shared_memory(triton_url: str, model_repository: Path, format_name: str, policy: str,
-                          calls: int) -> dict[str, Any]:
-    from benchmarks.shared_memory_leg import compare_inline_and_shared_memory
-
-    observation = make_observations(format_name, 1)[0]
-    return compare_inline_and_shared_memory(triton_url, policy_from_repository(model_repository, policy),
-                                            observation, calls)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
     parser.add_argument("--format", default="libero")
     parser.add_argument("--policy", help="default: named like the format")
     parser.add_argument("--calls", type=int, default=500, help="round trips per layer")
-    parser.add_argument("--triton-url", help="also measure the shared-memory saving on this Triton")
     parser.add_argument("--output", type=Path, default=Path("bench-results/front_overhead.json"))
     parser.add_argument("--serve", choices=LAYERS, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -285,9 +275,6 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, Any] = {"format": args.format, "calls": args.calls,
                                "payload_bytes": len(encode_observations(args.format, count=1)[0]),
                                "layers_ms": measure_layers(args.model_repository, args.format, policy, args.calls)}
-    if args.triton_url:
-        results["shared_memory"] = measure_shared_memory(args.triton_url, args.model_repository, args.format,
-                                                         policy, args.calls)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
