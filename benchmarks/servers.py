@@ -4,8 +4,6 @@ this project's front (`openpi-triton serve`, exactly as deployed) and OpenPI's r
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import signal
 import socket
 import subprocess
 import sys
@@ -17,14 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from frontend.embedded_triton import EmbeddedTriton, free_port
-
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    # Between fork and exec: the child gets SIGTERM when the benchmark dies, however it dies.
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+from frontend.embedded_triton import EmbeddedTriton, die_with_parent, free_port
 
 
 def _answers(url: str) -> bool:
@@ -80,7 +71,7 @@ def server_process(name: str, command: Sequence[str], ready_url: str,
                    timeout_s: float = 120.0) -> Iterator[ServerProcess]:
     with tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False) as log:
         process = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT,
-                                   preexec_fn=_die_with_parent)
+                                   preexec_fn=die_with_parent)
     server = ServerProcess(name, process, Path(log.name))
     try:
         server.wait_ready(ready_url, timeout_s)

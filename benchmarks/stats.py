@@ -49,11 +49,7 @@ class PointResult:
     def miss_rate(self) -> float:
         return self.deadline_misses / self.requests if self.requests else 0.0
 
-    def to_dict(self, with_samples: bool = True) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["latencies_ms"] = [round(x, 3) for x in self.latencies_ms] if with_samples else []
+        data["latencies_ms"] = [round(x, 3) for x in self.latencies_ms]
         return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PointResult:
-        return cls(**data)

@@ -103,7 +103,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """`preexec_fn` for a child process that must not outlive this one."""
     # Runs in the child between fork and exec: the kernel sends SIGTERM when our process dies,
     # however it dies (kill -9 included). Tritonserver then stops its python stubs itself.
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -189,7 +190,7 @@ class EmbeddedTriton:
             self.log_path = Path(log.name)
             self.process = subprocess.Popen(
                 self.command(install), stdout=log, stderr=subprocess.STDOUT, env=env,
-                preexec_fn=_die_with_parent, start_new_session=True,
+                preexec_fn=die_with_parent, start_new_session=True,
             )
         try:
             self.wait_ready()

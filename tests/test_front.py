@@ -70,6 +70,38 @@ def test_camera_frames_reach_triton_through_shared_memory(front, triton):
     np.testing.assert_array_equal(through_shared_memory, inline)
 
 
+def test_shared_memory_regions_of_unanswered_requests_are_not_reused(triton):
+    import asyncio
+
+    import tritonclient.grpc.aio as aioclient
+
+    from frontend.shared_memory import SharedMemoryPool
+
+    async def scenario() -> None:
+        client = aioclient.InferenceServerClient(triton.grpc_url)
+        pool = SharedMemoryPool(client, budget_bytes=2 << 20)
+        try:
+            timed_out = await pool.acquire(300_000)
+            pool.retire(timed_out)  # Triton may still read it: the next request must get another region
+            answered = await pool.acquire(300_000)
+            assert answered is not timed_out
+            pool.release(answered)
+            assert await pool.acquire(300_000) is answered  # answered regions are reused
+            pool.release(answered)
+            assert await pool.acquire(3 << 20) is None  # past the budget: the request goes inline
+            # After a restart Triton holds no old request and no registration: retired regions return.
+            await client.unregister_system_shared_memory()
+            pool.forget_registrations()
+            reused = {id(await pool.acquire(300_000)), id(await pool.acquire(300_000))}
+            assert reused == {id(timed_out), id(answered)}
+            assert timed_out.registered and answered.registered
+        finally:
+            await pool.close()
+            await client.close()
+
+    asyncio.run(scenario())
+
+
 def test_seed_makes_sampling_deterministic(front):
     ws = raw_connection(front)
     obs = libero(np.random.default_rng(0))
