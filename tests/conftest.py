@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -70,6 +71,22 @@ def front_settings(triton: EmbeddedTriton, **overrides: object) -> Settings:
     when `openpi-triton serve` starts its own tritonserver."""
     defaults = {"triton_url": triton.grpc_url, "port": free_port(), "host": "127.0.0.1", "triton_shared_memory": True}
     return Settings(**{**defaults, **overrides})
+
+
+def settled_statistics(client: Any, model: str, inferences: int = 0, timeout_s: float = 10.0) -> Any:
+    """`model`'s Triton statistics once they count at least `inferences` inferences and have stopped moving.
+
+    Triton records a model's statistics just after it has sent the responses, so a client holding all its
+    answers can still read counts that lag by a request or two."""
+    deadline = time.monotonic() + timeout_s
+    previous = None
+    while True:
+        stats = client.get_inference_statistics(model).model_stats[0]
+        settled = previous is not None and stats.inference_count == previous.inference_count
+        if (settled and stats.inference_count >= inferences) or time.monotonic() > deadline:
+            return stats
+        previous = stats
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from frontend.example_observations import aloha, droid, libero
 from openpi_policy.tokenizer import ByteTokenizer
 
-from .conftest import MODEL_REPOSITORY
+from .conftest import MODEL_REPOSITORY, settled_statistics
 
 pytestmark = pytest.mark.integration
 
@@ -58,8 +58,8 @@ def test_wrong_format_names_the_missing_keys(front):
 def test_three_formats_are_batched_together_in_the_policy_core(front, triton):
     client = grpcclient.InferenceServerClient(triton.grpc_url)
 
-    def executions() -> tuple[int, int, dict[int, int]]:
-        stats = client.get_inference_statistics("policy_core").model_stats[0]
+    def executions(inferences: int = 0) -> tuple[int, int, dict[int, int]]:
+        stats = settled_statistics(client, "policy_core", inferences)
         batches = {b.batch_size: b.compute_infer.count for b in stats.batch_stats}
         return stats.execution_count, stats.inference_count, batches
 
@@ -79,7 +79,7 @@ def test_three_formats_are_batched_together_in_the_policy_core(front, triton):
         thread.start()
     for thread in threads:
         thread.join()
-    after = executions()
+    after = executions(before[1] + len(robots))
     assert sorted(shapes) == sorted(EXPECTED[name] for name, _ in robots)
     assert after[1] - before[1] == len(robots)
     assert after[0] - before[0] < len(robots), "requests from different robots were not batched"

@@ -12,7 +12,7 @@ from tritonclient.utils import InferenceServerException
 from frontend.embedded_triton import EmbeddedTriton
 from openpi_policy.reference_pipeline import ReferencePipeline
 
-from .conftest import MODEL_REPOSITORY
+from .conftest import MODEL_REPOSITORY, settled_statistics
 
 pytestmark = pytest.mark.integration
 
@@ -78,11 +78,7 @@ def test_same_seed_same_actions_other_seed_other_actions(client):
 
 
 def test_concurrent_requests_are_batched_in_the_policy_core(client, triton):
-    def executions() -> tuple[int, int]:
-        stats = client.get_inference_statistics("policy_core").model_stats[0]
-        return stats.execution_count, stats.inference_count
-
-    before_exec, before_inf = executions()
+    before = settled_statistics(client, "policy_core")
     errors: list[BaseException] = []
     barrier = threading.Barrier(16)
 
@@ -100,9 +96,9 @@ def test_concurrent_requests_are_batched_in_the_policy_core(client, triton):
     for thread in threads:
         thread.join()
     assert not errors
-    after_exec, after_inf = executions()
-    assert after_inf - before_inf == 16
-    assert after_exec - before_exec < 16, "16 concurrent requests ran as 16 separate executions"
+    after = settled_statistics(client, "policy_core", before.inference_count + 16)
+    assert after.inference_count - before.inference_count == 16
+    assert after.execution_count - before.execution_count < 16, "16 concurrent requests ran as 16 separate executions"
 
 
 @pytest.mark.parametrize(
