@@ -2,6 +2,10 @@
 
 Per-sample time at the best batch size bounds the throughput of any server of this model on this
 machine, whatever it does around the model (1000 / best ms-per-sample answers per second).
+
+Batch sizes take turns within each round, and every timing covers the same number of samples, so a
+machine whose speed drifts from minute to minute (this development VM's does, by up to a third) slows
+every batch size alike.
 """
 
 from __future__ import annotations
@@ -16,22 +20,27 @@ from typing import Any
 import numpy as np
 
 
-def core_capacity(session: Any, batches: Sequence[int] = (1, 2, 4, 8, 16), runs: int = 3) -> dict[str, Any]:
+def core_capacity(session: Any, batches: Sequence[int] = (1, 2, 4, 8, 16), rounds: int = 5) -> dict[str, Any]:
     """Median ms per run and per sample for each batch size of an ONNX Runtime session of the policy
     core, and the best answers/s that allows."""
     from openpi_policy.export import example_inputs
 
-    per_batch = {}
+    samples = max(batches)
+    inputs = {batch: example_inputs(batch) for batch in batches}
     for batch in batches:
-        inputs = example_inputs(batch)
-        session.run(None, inputs)  # allocations for this shape happen once, outside the timing
-        times = []
-        for _ in range(runs):
+        session.run(None, inputs[batch])  # allocations for this shape happen once, outside the timing
+    per_sample_ms: dict[int, list[float]] = {batch: [] for batch in batches}
+    for _ in range(rounds):
+        for batch in batches:
+            runs = -(-samples // batch)
             started = time.perf_counter()
-            session.run(None, inputs)
-            times.append((time.perf_counter() - started) * 1000)
-        run_ms = float(np.median(times))
-        per_batch[batch] = {"run_ms": run_ms, "ms_per_sample": run_ms / batch}
+            for _ in range(runs):
+                session.run(None, inputs[batch])
+            per_sample_ms[batch].append((time.perf_counter() - started) * 1000 / (runs * batch))
+    per_batch = {}
+    for batch, times in per_sample_ms.items():
+        ms_per_sample = float(np.median(times))
+        per_batch[batch] = {"run_ms": ms_per_sample * batch, "ms_per_sample": ms_per_sample}
     best = min(per_batch, key=lambda b: per_batch[b]["ms_per_sample"])
     return {"batches": per_batch, "best_batch": best,
             "max_answers_per_s": 1000 / per_batch[best]["ms_per_sample"]}
@@ -40,11 +49,11 @@ def core_capacity(session: Any, batches: Sequence[int] = (1, 2, 4, 8, 16), runs:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model-onnx", type=Path, default=Path("model_repository/policy_core/1/model.onnx"))
-    parser.add_argument("--runs", type=int, default=5, help="timed runs per batch size (median reported)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds over all batch sizes (median reported)")
     args = parser.parse_args(argv)
     from openpi_policy.reference_pipeline import onnx_session
 
-    print(json.dumps(core_capacity(onnx_session(args.model_onnx), runs=args.runs), indent=1))
+    print(json.dumps(core_capacity(onnx_session(args.model_onnx), rounds=args.rounds), indent=1))
 
 
 if __name__ == "__main__":

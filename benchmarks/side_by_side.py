@@ -60,7 +60,7 @@ class SideBySideConfig:
     seed: int = 0
     progress: bool = True
     capacity_batches: tuple[int, ...] = (1, 2, 4, 8, 16)  # policy-core batch sizes timed with the floor row
-    capacity_runs: int = 3
+    capacity_rounds: int = 5
     paired_calls: int = 300  # rounds of one robot calling direct Triton and the front(s) in turn
 
     @property
@@ -70,7 +70,7 @@ class SideBySideConfig:
     def smoke(self) -> SideBySideConfig:
         """A few seconds in all: tiny fleets, one-second windows, a fast schedule so each window has answers."""
         return replace(self, robots=(1, 2), duration_s=1.0, warmup_s=0.3, schedule=Schedule(50.0, 5),
-                       capacity_batches=(1, 2), capacity_runs=1, paired_calls=10)
+                       capacity_batches=(1, 2), capacity_rounds=1, paired_calls=10)
 
 
 @dataclass
@@ -221,7 +221,7 @@ def run(config: SideBySideConfig) -> dict[str, list[PointResult]]:
                 setup[name] = _Row(_websocket_channels(url, frames), {"reference": process.pid})
             else:
                 session = onnx_session(config.model_repository / "policy_core" / "1" / "model.onnx")
-                capacity = core_capacity(session, config.capacity_batches, config.capacity_runs)
+                capacity = core_capacity(session, config.capacity_batches, config.capacity_rounds)
                 setup[name] = _Row(_onnx_channels(session, max(config.robots)), {})
         rows: dict[str, list[PointResult]] = {name: [] for name in config.rows}
         for index, robots in enumerate(config.robots):
