@@ -70,14 +70,14 @@ class ServerProcess:
 def server_process(name: str, command: Sequence[str], ready_url: str,
                    timeout_s: float = 120.0) -> Iterator[ServerProcess]:
     with tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False) as log:
-        process = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT,
-                                   preexec_fn=die_with_parent)
+        process = subprocess.Popen(die_with_parent(command), stdout=log, stderr=subprocess.STDOUT)
     server = ServerProcess(name, process, Path(log.name))
     try:
         server.wait_ready(ready_url, timeout_s)
         yield server
     finally:
         server.stop()
+    server.log_path.unlink(missing_ok=True)  # kept only when something went wrong
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ project's packages, and it dies with its parent: nothing is left behind after a 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -17,6 +16,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,7 +24,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PR_SET_PDEATHSIG = 1
 INSTALL_HINT = "install it with `pip install nvidia-pytriton==0.7.0` (or run `make serve`, which does)"
 
 
@@ -96,19 +95,44 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+_ports_handed_out: set[int] = set()
+_ports_lock = threading.Lock()
+
+
 def free_port() -> int:
-    """A port nothing listens on right now (for tests and ephemeral servers)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A port nothing listens on right now (for tests and ephemeral servers), never the same one twice in
+    this process: the kernel can offer a port it has just offered again, and a tritonserver given one
+    port for both gRPC and metrics refuses to start."""
+    with _ports_lock:
+        while True:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+            if port not in _ports_handed_out:
+                _ports_handed_out.add(port)
+                return port
 
 
-def die_with_parent() -> None:
-    """`preexec_fn` for a child process that must not outlive this one."""
-    # Runs in the child between fork and exec: the kernel sends SIGTERM when our process dies,
-    # however it dies (kill -9 included). Tritonserver then stops its python stubs itself.
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+# Sets PR_SET_PDEATHSIG (1), which survives exec, then becomes the command. Exits instead when the
+# parent (argv[1]) died before the signal was armed.
+_DIE_WITH_PARENT_SHIM = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(1)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def die_with_parent(command: Sequence[str]) -> list[str]:
+    """`command`, wrapped so that the kernel sends it SIGTERM when this process dies, however it dies
+    (kill -9 included). Tritonserver then stops its python stubs itself.
+
+    A small shim arms the signal and execs the command. Arming it in a `preexec_fn` instead makes
+    Popen fork with gRPC's fork handlers in place: with gRPC threads busy in this process, about one
+    child in fifty aborted (SIGABRT in gRPC's event engine) before it ever ran the command.
+    """
+    return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT_SHIM, str(os.getpid()), *command]
 
 
 def _stub_environment(install: TritonInstall) -> dict[str, str]:
@@ -189,8 +213,8 @@ class EmbeddedTriton:
         with tempfile.NamedTemporaryFile(prefix="tritonserver-", suffix=".log", delete=False) as log:
             self.log_path = Path(log.name)
             self.process = subprocess.Popen(
-                self.command(install), stdout=log, stderr=subprocess.STDOUT, env=env,
-                preexec_fn=die_with_parent, start_new_session=True,
+                die_with_parent(self.command(install)), stdout=log, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True,
             )
         try:
             self.wait_ready()
