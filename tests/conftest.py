@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import uvicorn
+from tritonclient.utils import np_to_triton_dtype
 
 from frontend.app import create_app
 from frontend.embedded_triton import EmbeddedTriton, free_port
@@ -71,6 +74,16 @@ def front_settings(triton: EmbeddedTriton, **overrides: object) -> Settings:
     when `openpi-triton serve` starts its own tritonserver."""
     defaults = {"triton_url": triton.grpc_url, "port": free_port(), "host": "127.0.0.1", "triton_shared_memory": True}
     return Settings(**{**defaults, **overrides})
+
+
+def triton_inputs(arrays: Mapping[str, np.ndarray]) -> list[grpcclient.InferInput]:
+    """Named arrays as the inputs of a tritonclient gRPC request, each typed by its dtype."""
+    inputs = []
+    for name, value in arrays.items():
+        tensor = grpcclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
+        tensor.set_data_from_numpy(value)
+        inputs.append(tensor)
+    return inputs
 
 
 def settled_statistics(client: Any, model: str, inferences: int = 0, timeout_s: float = 10.0) -> Any:

@@ -14,7 +14,7 @@ from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from frontend.example_observations import aloha, droid, libero
 from openpi_policy.tokenizer import ByteTokenizer
 
-from .conftest import MODEL_REPOSITORY, settled_statistics
+from .conftest import MODEL_REPOSITORY, settled_statistics, triton_inputs
 
 pytestmark = pytest.mark.integration
 
@@ -107,13 +107,7 @@ def expected_tokens(prompt: str) -> np.ndarray:
 
 def run_preprocess(triton, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     client = grpcclient.InferenceServerClient(triton.grpc_url)
-    types = {np.uint8: "UINT8", np.float32: "FP32", np.int64: "INT64", np.object_: "BYTES"}
-    tensors = []
-    for name, value in inputs.items():
-        tensor = grpcclient.InferInput(name, list(value.shape), types[value.dtype.type])
-        tensor.set_data_from_numpy(value)
-        tensors.append(tensor)
-    result = client.infer(model, tensors)
+    result = client.infer(model, triton_inputs(inputs))
     return {name: result.as_numpy(name)[0] for name in ("images", "image_masks", "state", "tokens", "token_mask")}
 
 

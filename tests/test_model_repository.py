@@ -12,12 +12,9 @@ from tritonclient.utils import InferenceServerException
 from frontend.embedded_triton import EmbeddedTriton
 from openpi_policy.reference_pipeline import ReferencePipeline
 
-from .conftest import MODEL_REPOSITORY, settled_statistics
+from .conftest import MODEL_REPOSITORY, settled_statistics, triton_inputs
 
 pytestmark = pytest.mark.integration
-
-DTYPES = {np.uint8: "UINT8", np.float32: "FP32", np.int64: "INT64", np.object_: "BYTES"}
-
 
 def libero_inputs(seed: int = 0, batch: int = 1, wrist_shape=(224, 224, 3)) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
@@ -28,15 +25,6 @@ def libero_inputs(seed: int = 0, batch: int = 1, wrist_shape=(224, 224, 3)) -> d
         "prompt": np.array([[b"put the bowl on the plate"]] * batch, dtype=object),
         "seed": np.full((batch, 1), seed, np.int64),
     }
-
-
-def to_triton(inputs: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
-    tensors = []
-    for name, value in inputs.items():
-        tensor = grpcclient.InferInput(name, list(value.shape), DTYPES[value.dtype.type])
-        tensor.set_data_from_numpy(value)
-        tensors.append(tensor)
-    return tensors
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +42,7 @@ def test_every_model_is_ready(client):
 
 
 def test_ensemble_returns_a_libero_action_chunk(client):
-    actions = client.infer("libero", to_triton(libero_inputs())).as_numpy("actions")
+    actions = client.infer("libero", triton_inputs(libero_inputs())).as_numpy("actions")
     assert actions.shape == (1, 10, 7) and actions.dtype == np.float32
     assert np.isfinite(actions).all()
 
@@ -62,17 +50,17 @@ def test_ensemble_returns_a_libero_action_chunk(client):
 @pytest.mark.parametrize("wrist_shape", [(224, 224, 3), (480, 640, 3)])
 def test_ensemble_equals_the_in_process_pipeline(client, model_onnx, wrist_shape):
     inputs = libero_inputs(seed=11, wrist_shape=wrist_shape)
-    served = client.infer("libero", to_triton(inputs)).as_numpy("actions")
+    served = client.infer("libero", triton_inputs(inputs)).as_numpy("actions")
     expected = ReferencePipeline(MODEL_REPOSITORY, "libero")(inputs)
     np.testing.assert_allclose(served, expected, atol=1e-5, rtol=0)
 
 
 def test_same_seed_same_actions_other_seed_other_actions(client):
-    first = client.infer("libero", to_triton(libero_inputs(seed=5))).as_numpy("actions")
-    again = client.infer("libero", to_triton(libero_inputs(seed=5))).as_numpy("actions")
+    first = client.infer("libero", triton_inputs(libero_inputs(seed=5))).as_numpy("actions")
+    again = client.infer("libero", triton_inputs(libero_inputs(seed=5))).as_numpy("actions")
     inputs = libero_inputs(seed=5)
     inputs["seed"][:] = 6
-    other = client.infer("libero", to_triton(inputs)).as_numpy("actions")
+    other = client.infer("libero", triton_inputs(inputs)).as_numpy("actions")
     np.testing.assert_array_equal(first, again)
     assert not np.allclose(first, other)
 
@@ -86,7 +74,7 @@ def test_concurrent_requests_are_batched_in_the_policy_core(client, triton):
         own = grpcclient.InferenceServerClient(triton.grpc_url)
         barrier.wait()
         try:
-            own.infer("libero", to_triton(libero_inputs(seed)))
+            own.infer("libero", triton_inputs(libero_inputs(seed)))
         except BaseException as error:
             errors.append(error)
 
@@ -109,13 +97,7 @@ def test_concurrent_requests_are_batched_in_the_policy_core(client, triton):
 def test_wrong_shape_or_dtype_gets_a_triton_error_and_the_server_stays_up(client, name, bad):
     inputs = libero_inputs()
     inputs[name] = bad
-    tensors = []
-    for key, value in inputs.items():
-        datatype = {np.float64: "FP64"}.get(value.dtype.type) or DTYPES[value.dtype.type]
-        tensor = grpcclient.InferInput(key, list(value.shape), datatype)
-        tensor.set_data_from_numpy(value)
-        tensors.append(tensor)
     with pytest.raises(InferenceServerException, match=name):
-        client.infer("libero", tensors)
+        client.infer("libero", triton_inputs(inputs))
     assert client.is_server_live() and client.is_model_ready("libero")
-    assert client.infer("libero", to_triton(libero_inputs())).as_numpy("actions").shape == (1, 10, 7)
+    assert client.infer("libero", triton_inputs(libero_inputs())).as_numpy("actions").shape == (1, 10, 7)
