@@ -19,6 +19,7 @@ serve: $(MODEL_ONNX)
 	$(BIN)/openpi-triton serve
 
 test: $(MODEL_ONNX) $(STAMPS)/system-deps
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 install: $(INSTALLED)
@@ -61,6 +62,7 @@ bench-triton: $(MODEL_ONNX) $(STAMPS)/system-deps
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) $(STAMPS) $(MODEL_ONNX) bench-results .pytest_cache

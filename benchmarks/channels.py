@@ -1,5 +1,5 @@
 """Robot channels without a websocket: a direct Triton gRPC call of the ensemble, and ONNX Runtime on
-the policy core in-process (the floor). Both plug into `benchmarks.fleet.drive_fleet`."""
+the policy core in-process (the floor). Both plug into `openpi_triton.loadgen.fleet.drive_fleet`."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
-from tritonclient.utils import np_to_triton_dtype
 
-from frontend.policies import Policy
+from openpi_triton.triton.policy import Policy
+from openpi_triton.triton.tensors import infer_inputs
 
 
 class TritonChannel:
@@ -29,11 +29,7 @@ class TritonChannel:
 
         tensors = self.pool[self.count % len(self.pool)]
         self.count += 1
-        inputs = []
-        for name, value in tensors.items():
-            tensor = grpcclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
-            tensor.set_data_from_numpy(value)
-            inputs.append(tensor)
+        inputs = infer_inputs(tensors)
         outputs = [grpcclient.InferRequestedOutput(name) for name in self.policy.outputs.values()]
         result = await self.client.infer(self.policy.name, inputs, outputs=outputs)
         for name in self.policy.outputs.values():

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from openpi_triton.config import DEFAULT_MODEL_REPOSITORY, core_onnx_path
+
 
 def core_capacity(session: Any, batches: Sequence[int] = (1, 2, 4, 8, 16), rounds: int = 5) -> dict[str, Any]:
     """Median ms per run and per sample for each batch size of an ONNX Runtime session of the policy
@@ -48,12 +50,12 @@ def core_capacity(session: Any, batches: Sequence[int] = (1, 2, 4, 8, 16), round
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model-onnx", type=Path, default=Path("model_repository/policy_core/1/model.onnx"))
+    parser.add_argument("--model-onnx", type=Path, default=core_onnx_path(DEFAULT_MODEL_REPOSITORY))
     parser.add_argument("--rounds", type=int, default=5, help="rounds over all batch sizes (median reported)")
     args = parser.parse_args(argv)
-    from openpi_policy.reference_pipeline import onnx_session
+    from openpi_policy.core import OnnxRuntimeCore
 
-    print(json.dumps(core_capacity(onnx_session(args.model_onnx), rounds=args.rounds), indent=1))
+    print(json.dumps(core_capacity(OnnxRuntimeCore(args.model_onnx).session, rounds=args.rounds), indent=1))
 
 
 if __name__ == "__main__":

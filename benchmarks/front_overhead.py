@@ -1,12 +1,8 @@
 """Where the front's added latency goes, for one robot and one format's payload.
 
 The front adds one hop (robot -> front) to the direct path (robot -> Triton). Its cost is measured
-in layers, each a separate server process answered by one robot in closed loop:
-
-  tcp        raw asyncio TCP: the payload in, 4 bytes back (the floor of any extra hop in Python)
-  websocket  uvicorn + Starlette websocket echo (the front's server stack, doing nothing)
-  front      the front's app (`create_app`) with a backend that answers instantly: all of the
-             front's own work (decode, mapping, encoding, bookkeeping) but no Triton call
+in layers (tcp, websocket, front: see `benchmarks.overhead_servers`), each a separate server process
+answered by one robot in closed loop.
 
 `paired_added_latency` measures the front in place, against a direct Triton call (the side-by-side
 benchmark runs it, with and without shared memory between the front and Triton).
@@ -27,113 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import servers
-from benchmarks.loadgen import WebsocketChannel, encode_observations
-from benchmarks.observations import DEFAULT_MODEL_REPOSITORY, make_observations, policy_from_repository
-from benchmarks.stats import latency_summary
-from frontend.embedded_triton import free_port
-
-LAYERS = ("tcp", "websocket", "front")
-REPLY = b"\x81\xa2ok\x01"  # msgpack {"ok": 1}: a tiny answer
-
-
-# --- servers (run in their own process: `python -m benchmarks.front_overhead --serve LAYER`) ---
-
-async def _tcp_server(port: int, frame_bytes: int) -> None:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with_header = False
-        while True:
-            try:
-                await reader.readexactly(frame_bytes if with_header else 1)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return
-            with_header = True
-            writer.write(REPLY)
-            await writer.drain()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", port)
-    async with server:
-        await server.serve_forever()
-
-
-def _echo_app() -> Any:
-    from starlette.applications import Starlette
-    from starlette.responses import PlainTextResponse
-    from starlette.routing import Route, WebSocketRoute
-    from starlette.websockets import WebSocket
-
-    async def echo(websocket: WebSocket) -> None:
-        await websocket.accept()
-        await websocket.send_bytes(b"\x80")  # metadata: {}
-        while (await websocket.receive())["type"] != "websocket.disconnect":
-            await websocket.send_bytes(REPLY)
-
-    async def ready(request: Any) -> PlainTextResponse:
-        return PlainTextResponse("OK\n")
-
-    return Starlette(routes=[WebSocketRoute("/", echo), Route("/readyz", ready)])
-
-
-class InstantBackend:
-    """Stands in for `TritonBackend`: the policy from the repository, zeros as actions, no waiting."""
-
-    def __init__(self, model_repository: Path, policy: str) -> None:
-        self.policy_ = policy_from_repository(model_repository, policy)
-        self.outputs = _output_zeros(model_repository, policy)
-        self.config_errors: dict[str, str] = {}
-
-    @property
-    def policies(self) -> dict[str, Any]:
-        return {self.policy_.name: self.policy_}
-
-    async def discover(self, force: bool = False) -> dict[str, Any]:
-        return self.policies
-
-    async def policy(self, name: str) -> Any:
-        return self.policies.get(name)
-
-    async def readiness(self, names: list[str]) -> tuple[bool, str]:
-        return True, "ready"
-
-    async def infer(self, policy: Any, tensors: Any, request_id: str, sequence: Any = None) -> dict[str, np.ndarray]:
-        return self.outputs
-
-    async def close(self) -> None:
-        return None
-
-
-def _output_zeros(model_repository: Path, policy: str) -> dict[str, np.ndarray]:
-    from google.protobuf.json_format import MessageToDict
-
-    from frontend.policies import TRITON_DTYPES
-    from openpi_policy.reference_pipeline import read_model_config
-
-    config = MessageToDict(read_model_config(Path(model_repository) / policy / "config.pbtxt"),
-                           preserving_proto_field_name=True)
-    batch = [1] if int(config.get("max_batch_size", 0)) > 0 else []
-    return {o["name"]: np.zeros(batch + [max(int(d), 1) for d in o.get("dims", [])],
-                                TRITON_DTYPES[o["data_type"].removeprefix("TYPE_")])
-            for o in config.get("output", [])}
-
-
-def _serve(layer: str, port: int, model_repository: Path, policy: str, frame_bytes: int) -> None:
-    if layer == "tcp":
-        asyncio.run(_tcp_server(port, frame_bytes))
-        return
-    import uvicorn
-
-    if layer == "websocket":
-        app = _echo_app()
-    else:
-        from frontend.app import create_app
-        from frontend.settings import Settings
-
-        settings = Settings(triton_url="unused:1", port=port, default_policy=policy)
-        app = create_app(settings, backend=InstantBackend(model_repository, policy))  # type: ignore[arg-type]
-    # The options `openpi-triton serve` runs uvicorn with (frontend/cli.py).
-    uvicorn.run(app, host="127.0.0.1", port=port, ws_max_size=64 * 2**20, log_level="warning",
-                ws_ping_interval=20, ws_ping_timeout=60)
-
+from benchmarks.overhead_servers import LAYERS, REPLY
+from openpi_triton.config import DEFAULT_MODEL_REPOSITORY, DEFAULT_POLICY
+from openpi_triton.example_observations import make_observations
+from openpi_triton.loadgen.stats import latency_summary
+from openpi_triton.loadgen.websocket import WebsocketChannel, encode_observations
+from openpi_triton.process import free_port, running_child
 
 # --- the robot side ---
 
@@ -185,11 +80,11 @@ def measure_layers(model_repository: Path, format_name: str, policy: str, calls:
     results = {}
     for layer in LAYERS:
         port = free_port()
-        command = [sys.executable, "-m", "benchmarks.front_overhead", "--serve", layer, "--port", str(port),
+        command = [sys.executable, "-m", "benchmarks.overhead_servers", layer, "--port", str(port),
                    "--model-repository", str(model_repository), "--policy", policy,
                    "--frame-bytes", str(len(frames[0]))]
         ready = f"tcp://127.0.0.1:{port}" if layer == "tcp" else f"http://127.0.0.1:{port}/readyz"
-        with servers.server_process(f"overhead-{layer}", command, ready):
+        with running_child(f"overhead-{layer}", command, ready):
             if layer == "tcp":
                 latencies = asyncio.run(_tcp_robot(port, frames[0], calls, gap_s))
             else:
@@ -260,18 +155,12 @@ def paired_added_latency(triton_url: str, front_urls: dict[str, str], policy_nam
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
-    parser.add_argument("--format", default="libero")
+    parser.add_argument("--format", default=DEFAULT_POLICY)
     parser.add_argument("--policy", help="default: named like the format")
     parser.add_argument("--calls", type=int, default=500, help="round trips per layer")
     parser.add_argument("--output", type=Path, default=Path("bench-results/front_overhead.json"))
-    parser.add_argument("--serve", choices=LAYERS, help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--frame-bytes", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     policy = args.policy or args.format
-    if args.serve:
-        _serve(args.serve, args.port, args.model_repository, policy, args.frame_bytes)
-        return
     results: dict[str, Any] = {"format": args.format, "calls": args.calls,
                                "payload_bytes": len(encode_observations(args.format, count=1)[0]),
                                "layers_ms": measure_layers(args.model_repository, args.format, policy, args.calls)}

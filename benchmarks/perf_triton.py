@@ -26,8 +26,10 @@ from typing import Any
 import numpy as np
 
 from benchmarks import servers
-from benchmarks.observations import ensemble_inputs, make_observations, policy_from_triton, unbatched
-from frontend.policies import Policy
+from benchmarks.observations import ensemble_inputs, policy_from_triton, unbatched
+from openpi_triton.config import DEFAULT_MODEL_REPOSITORY, DEFAULT_POLICY
+from openpi_triton.example_observations import make_observations
+from openpi_triton.triton.policy import Policy
 
 # Distinct observations in the input data; perf_analyzer cycles through them.
 SAMPLES = 4
@@ -140,8 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Arguments after -- go to perf_analyzer unchanged.")
     parser.add_argument("--triton-url", help="gRPC address of a running Triton (default: start an embedded one)")
-    parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
-    parser.add_argument("--format", default="libero", help="observation format (libero, droid, aloha)")
+    parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
+    parser.add_argument("--format", default=DEFAULT_POLICY, help="observation format (libero, droid, aloha)")
     parser.add_argument("--policy", help="ensemble to load-test (default: named like the format)")
     parser.add_argument("--concurrency-range", default=Sweep.concurrency, help="start:end:step [default: %(default)s]")
     parser.add_argument("--measurement-interval", type=int, default=Sweep.measurement_ms,

@@ -16,10 +16,10 @@ from typing import Any
 
 from openpi_client.base_policy import BasePolicy
 
-from benchmarks.observations import DEFAULT_MODEL_REPOSITORY, ensemble_inputs, policy_from_repository
-from frontend.codec import flatten
-from frontend.policies import unbatch
-from openpi_policy.reference_pipeline import ReferencePipeline, onnx_session
+from openpi_triton.config import DEFAULT_MODEL_REPOSITORY, DEFAULT_POLICY
+from openpi_triton.front.codec import flatten
+from openpi_triton.front.observations import observation_to_tensors, unbatch
+from openpi_triton.triton.repository import load_reference_pipeline, policy_from_repository
 
 
 class ReferencePolicy(BasePolicy):
@@ -30,15 +30,14 @@ class ReferencePolicy(BasePolicy):
         if len(self.policy.outputs) != 1:
             raise ValueError(f"policy {policy!r}: the reference pipeline produces one output (actions), "
                              f"the ensemble declares {sorted(self.policy.outputs)}")
-        session = onnx_session(Path(model_repository) / "policy_core" / "1" / "model.onnx", threads)
-        self.pipeline = ReferencePipeline(model_repository, policy, session)
-        self.metadata: dict[str, Any] = self.pipeline.metadata
+        self.pipeline = load_reference_pipeline(model_repository, policy, threads)
+        self.metadata: dict[str, Any] = self.policy.metadata
 
     def infer(self, obs: dict) -> dict:
         started = time.monotonic()
         observation = flatten(obs)  # nested maps become "a/b" keys, as the front flattens them
         seed = observation.pop("seed", None)
-        tensors = ensemble_inputs(self.policy, observation, None if seed is None else int(seed))
+        tensors = observation_to_tensors(self.policy, observation, None if seed is None else int(seed))
         (output_name,) = self.policy.outputs.values()
         result: dict[str, Any] = unbatch(self.policy, {output_name: self.pipeline(tensors)})
         result["policy_timing"] = {"infer_ms": (time.monotonic() - started) * 1000}
@@ -48,7 +47,7 @@ class ReferencePolicy(BasePolicy):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
-    parser.add_argument("--policy", default="libero")
+    parser.add_argument("--policy", default=DEFAULT_POLICY)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: one per core)")

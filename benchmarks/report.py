@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from benchmarks.stats import PointResult
+from openpi_triton.loadgen.stats import PointResult
 
 Rows = Mapping[str, Sequence[PointResult]]
 

@@ -1,6 +1,6 @@
 """`make bench`: one command, one machine, the same model.onnx and transforms, four ways of serving it.
 
-Rows (each with the same robot schedule, see `benchmarks.fleet`):
+Rows (each with the same robot schedule, see `openpi_triton.loadgen.fleet`):
   triton     the ensemble called directly over Triton gRPC (no front); robots = concurrent callers
   front      this project's front (`openpi-triton serve`, its own process) on the same Triton
   reference  OpenPI's reference WebsocketPolicyServer (openpi-server) serving the same policy in-process
@@ -26,16 +26,18 @@ from benchmarks import servers
 from benchmarks.channels import OnnxChannel, TritonChannel
 from benchmarks.core_capacity import core_capacity
 from benchmarks.cpu import tree_cpu_seconds
-from benchmarks.fleet import Channel, OpenChannel, Schedule, drive_fleet, parse_robot_counts
 from benchmarks.front_overhead import paired_added_latency
-from benchmarks.loadgen import WebsocketChannel, encode_observations
-from benchmarks.machine import machine_info
-from benchmarks.observations import describe, ensemble_inputs, make_observations, policy_from_triton
-from benchmarks.plots import plot_latency_cdf, plot_scaling
+from benchmarks.observations import ensemble_inputs, policy_from_triton
 from benchmarks.report import markdown, targets
-from benchmarks.stats import PointResult
 from benchmarks.triton_stats import TritonStats, delta
-from openpi_policy.reference_pipeline import onnx_session
+from openpi_policy.core import OnnxRuntimeCore
+from openpi_triton.config import DEFAULT_MODEL_REPOSITORY, DEFAULT_POLICY, core_onnx_path
+from openpi_triton.example_observations import describe, make_observations
+from openpi_triton.loadgen.fleet import Channel, OpenChannel, Schedule, drive_fleet, parse_robot_counts
+from openpi_triton.loadgen.machine import machine_info
+from openpi_triton.loadgen.plots import plot_latency_cdf, plot_scaling
+from openpi_triton.loadgen.stats import PointResult
+from openpi_triton.loadgen.websocket import WebsocketChannel, encode_observations
 
 ROWS: dict[str, str] = {
     "triton": "Triton gRPC direct",
@@ -47,9 +49,9 @@ ROWS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class SideBySideConfig:
-    model_repository: Path = Path("model_repository")
+    model_repository: Path = DEFAULT_MODEL_REPOSITORY
     triton_url: str | None = None  # None: start an embedded tritonserver
-    format: str = "libero"
+    format: str = DEFAULT_POLICY
     policy: str | None = None      # default: the policy named like the format
     robots: tuple[int, ...] = (1, 4, 16, 64)
     rows: tuple[str, ...] = tuple(ROWS)
@@ -220,7 +222,7 @@ def run(config: SideBySideConfig) -> dict[str, list[PointResult]]:
                                                                             config.policy_name))
                 setup[name] = _Row(_websocket_channels(url, frames), {"reference": process.pid})
             else:
-                session = onnx_session(config.model_repository / "policy_core" / "1" / "model.onnx")
+                session = OnnxRuntimeCore(core_onnx_path(config.model_repository)).session
                 capacity = core_capacity(session, config.capacity_batches, config.capacity_rounds)
                 setup[name] = _Row(_onnx_channels(session, max(config.robots)), {})
         rows: dict[str, list[PointResult]] = {name: [] for name in config.rows}
@@ -279,8 +281,8 @@ def write(config: SideBySideConfig, rows: dict[str, list[PointResult]], observat
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--triton-url", help="gRPC address of a running Triton (default: start an embedded one)")
-    parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
-    parser.add_argument("--format", default="libero", help="observation format (libero, droid, aloha)")
+    parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
+    parser.add_argument("--format", default=DEFAULT_POLICY, help="observation format (libero, droid, aloha)")
     parser.add_argument("--policy", help="policy to serve (default: named like the format)")
     parser.add_argument("--robots", type=parse_robot_counts, default=(1, 4, 16, 64), help="default: 1,4,16,64")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"subset of {','.join(ROWS)}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import warnings
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import numpy as np
 from openpi_policy import spec
 
 DEFAULT_OPSET = 17
-DEFAULT_OUTPUT = Path("model_repository/policy_core/1/model.onnx")
 
 
 def example_inputs(batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
@@ -29,7 +27,7 @@ def example_inputs(batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
     return inputs
 
 
-def export_reference_policy(output: Path = DEFAULT_OUTPUT, seed: int = 0, opset: int = DEFAULT_OPSET) -> Path:
+def export_reference_policy(output: Path, seed: int = 0, opset: int = DEFAULT_OPSET) -> Path:
     """Write `model.onnx` for the reference policy with seeded weights; returns its path."""
     import torch
 
@@ -57,15 +55,3 @@ def export_reference_policy(output: Path = DEFAULT_OUTPUT, seed: int = 0, opset:
     tmp.replace(output)  # atomic: a half-written model.onnx is never served
     return output
 
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
-    args = parser.parse_args(argv)
-    print(export_reference_policy(args.output, args.seed, args.opset))
-
-
-if __name__ == "__main__":
-    main()

@@ -92,6 +92,14 @@ class PostprocessConfig:
         return cls(norm_stats=base_dir / raw.pop("norm_stats"), **raw)
 
 
+def model_parameter(model_config: Mapping[str, Any], key: str) -> str:
+    """A string parameter of a model config in Triton's JSON form (what `initialize` receives)."""
+    try:
+        return model_config["parameters"][key]["string_value"]
+    except KeyError:
+        raise ValueError(f"model {model_config.get('name')!r}: config.pbtxt has no parameter '{key}'") from None
+
+
 def _stats(path: Path, key: str) -> NormStats:
     table = load_norm_stats(path)
     if key not in table:
@@ -110,6 +118,11 @@ class Preprocessor:
         self.config = config
         self.state_stats = _stats(config.norm_stats, "state")
         self.tokenizer = load_tokenizer(config.tokenizer, config.base_dir)
+
+    @classmethod
+    def from_model_config(cls, model_config: Mapping[str, Any], model_dir: Path) -> Preprocessor:
+        """From the `preprocess` parameter of a model config; paths are relative to `model_dir`."""
+        return cls(PreprocessConfig.from_json(model_parameter(model_config, "preprocess"), model_dir))
 
     @property
     def input_names(self) -> list[str]:
@@ -178,6 +191,11 @@ class Postprocessor:
             )
         if not 0 < config.action_horizon <= spec.ACTION_HORIZON:
             raise ValueError(f"action_horizon must be in 1..{spec.ACTION_HORIZON}, got {config.action_horizon}")
+
+    @classmethod
+    def from_model_config(cls, model_config: Mapping[str, Any], model_dir: Path) -> Postprocessor:
+        """From the `postprocess` parameter of a model config; paths are relative to `model_dir`."""
+        return cls(PostprocessConfig.from_json(model_parameter(model_config, "postprocess"), model_dir))
 
     def __call__(self, actions: np.ndarray) -> np.ndarray:
         sliced = actions[:, : self.config.action_horizon, : self.config.action_dim]

@@ -17,7 +17,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-IMAGE_SIZE = 224
+from openpi_policy.spec import IMAGE_SIZE
+
 NORM_EPS = 1e-6
 
 NormMode = Literal["zscore", "quantile"]

@@ -10,7 +10,6 @@ This module imports `triton_python_backend_utils`, which exists only inside Trit
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,15 +17,8 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from openpi_policy import spec
-from openpi_policy.pipeline import PostprocessConfig, Postprocessor, PreprocessConfig, Preprocessor
-
-
-def _parameter(model_config: dict[str, Any], key: str) -> str:
-    try:
-        return model_config["parameters"][key]["string_value"]
-    except KeyError:
-        raise ValueError(f"model {model_config.get('name')!r}: config.pbtxt has no parameter '{key}'") from None
+from openpi_policy.core import OnnxRuntimeCore
+from openpi_policy.pipeline import Postprocessor, Preprocessor
 
 
 def _model_dir(args: dict[str, str]) -> Path:
@@ -61,9 +53,7 @@ def _run_batched(
 class PreprocessModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
-        self.preprocessor = Preprocessor(
-            PreprocessConfig.from_json(_parameter(config, "preprocess"), _model_dir(args))
-        )
+        self.preprocessor = Preprocessor.from_model_config(config, _model_dir(args))
         self.output_names = [output["name"] for output in config["output"]]
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
@@ -72,10 +62,7 @@ class PreprocessModel:
 
 class PostprocessModel:
     def initialize(self, args: dict[str, str]) -> None:
-        config = json.loads(args["model_config"])
-        self.postprocessor = Postprocessor(
-            PostprocessConfig.from_json(_parameter(config, "postprocess"), _model_dir(args))
-        )
+        self.postprocessor = Postprocessor.from_model_config(json.loads(args["model_config"]), _model_dir(args))
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
         def work(inputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -88,23 +75,11 @@ class OnnxRuntimeModel:
     """The policy core on CPU: `model.onnx` in ONNX Runtime, one session run per `execute`."""
 
     def initialize(self, args: dict[str, str]) -> None:
-        import onnxruntime
-
-        path = _model_dir(args) / args["model_version"] / "model.onnx"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: run `openpi-triton export` to create it")
-        options = onnxruntime.SessionOptions()
-        threads = int(os.environ.get("OPENPI_TRITON_ORT_THREADS", "0"))  # 0: one per core
-        options.intra_op_num_threads = threads
-        self.session = onnxruntime.InferenceSession(
-            str(path), options, providers=["CPUExecutionProvider"]
-        )
-        self.input_names = list(spec.CORE_INPUTS)
+        self.core = OnnxRuntimeCore(_model_dir(args) / args["model_version"] / "model.onnx")
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
         def work(inputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-            feeds = {name: np.concatenate([i[name] for i in inputs]) for name in self.input_names}
-            (actions,) = self.session.run(["actions"], feeds)
-            return {"actions": actions}
+            feeds = {name: np.concatenate([i[name] for i in inputs]) for name in self.core.input_names}
+            return {"actions": self.core(feeds)}
 
-        return _run_batched(requests, self.input_names, ["actions"], work)
+        return _run_batched(requests, self.core.input_names, ["actions"], work)

@@ -5,24 +5,22 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
 import uvicorn
-from tritonclient.utils import np_to_triton_dtype
 
-from frontend.app import create_app
-from frontend.embedded_triton import EmbeddedTriton, free_port
-from frontend.settings import Settings
+from openpi_triton.config import Settings, core_onnx_path
+from openpi_triton.front.app import create_app, uvicorn_config
+from openpi_triton.process import free_port
+from openpi_triton.triton.embedded import EmbeddedTriton
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = ROOT / "model_repository"
 TEST_MODEL_REPOSITORY = Path(__file__).resolve().parent / "model_repository"
-MODEL_ONNX = MODEL_REPOSITORY / "policy_core" / "1" / "model.onnx"
+MODEL_ONNX = core_onnx_path(MODEL_REPOSITORY)
 
 
 @pytest.fixture(scope="session")
@@ -51,10 +49,7 @@ def triton(model_onnx: Path) -> Iterator[EmbeddedTriton]:
 @contextlib.contextmanager
 def running_front(settings: Settings) -> Iterator[str]:
     """The front under a real uvicorn in a background thread; yields its ws:// base URL."""
-    app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, ws_max_size=settings.max_frame_bytes,
-                            log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(create_app(settings), settings, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -74,16 +69,6 @@ def front_settings(triton: EmbeddedTriton, **overrides: object) -> Settings:
     when `openpi-triton serve` starts its own tritonserver."""
     defaults = {"triton_url": triton.grpc_url, "port": free_port(), "host": "127.0.0.1", "triton_shared_memory": True}
     return Settings(**{**defaults, **overrides})
-
-
-def triton_inputs(arrays: Mapping[str, np.ndarray]) -> list[grpcclient.InferInput]:
-    """Named arrays as the inputs of a tritonclient gRPC request, each typed by its dtype."""
-    inputs = []
-    for name, value in arrays.items():
-        tensor = grpcclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
-        tensor.set_data_from_numpy(value)
-        inputs.append(tensor)
-    return inputs
 
 
 def settled_statistics(client: Any, model: str, inferences: int = 0, timeout_s: float = 10.0) -> Any:

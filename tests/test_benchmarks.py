@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from benchmarks.front_overhead import measure_layers
-from benchmarks.observations import make_observations, policy_from_repository
 from benchmarks.perf_triton import Sweep, input_data
 from benchmarks.perf_triton import run as run_perf_analyzer
 from benchmarks.side_by_side import ROWS, SideBySideConfig, run
-from frontend import bench_command
+from openpi_triton.cli import bench as bench_command
+from openpi_triton.example_observations import make_observations
+from openpi_triton.triton.repository import policy_from_repository
 
 from .conftest import MODEL_REPOSITORY
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from frontend.repository_check import check_repository
+from openpi_triton.check import check_repository
 
 from .conftest import MODEL_REPOSITORY
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "frontend", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "openpi_triton", *args], capture_output=True, text=True,
                           timeout=60, env=env)
 
 
@@ -113,9 +113,10 @@ def test_a_taken_triton_port_is_one_line(model_onnx):
     (["--triton-shared-memory", "off"], False),
 ])
 def test_shared_memory_is_on_for_a_triton_on_this_host(args, expected):
-    from frontend.cli import _settings, build_parser
+    from openpi_triton.cli import build_parser
+    from openpi_triton.cli.serve import settings_from_args
 
-    assert _settings(build_parser().parse_args(["serve", *args])).triton_shared_memory is expected
+    assert settings_from_args(build_parser().parse_args(["serve", *args])).triton_shared_memory is expected
 
 
 def test_environment_variables_are_read_and_checked():
@@ -145,7 +146,8 @@ def test_adding_a_format_is_data(repository):
     import numpy as np
     from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
-    from frontend.embedded_triton import EmbeddedTriton, free_port
+    from openpi_triton.process import free_port
+    from openpi_triton.triton.embedded import EmbeddedTriton
 
     from .conftest import front_settings, running_front
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from openpi_client import msgpack_numpy
 
-from frontend.codec import ProtocolError, decode_frame, encode
+from openpi_triton.front.codec import ProtocolError, decode_frame, encode
 
 
 def test_decodes_what_openpi_client_sends_and_flattens_nested_maps():

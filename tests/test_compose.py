@@ -22,7 +22,7 @@ import jsonschema
 import pytest
 import yaml
 
-from openpi_policy.reference_pipeline import read_model_config
+from openpi_triton.triton.repository import read_model_config
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -242,7 +242,7 @@ def _shapes(spec: str) -> dict[str, list[int]]:
 def test_engine_profile_covers_every_policy_core_input(tmp_path, max_batch_size):
     build = EngineBuild(tmp_path, max_batch_size)
     config = read_model_config(build.model_dir / "config.pbtxt")
-    dims = {tensor.name: list(tensor.dims) for tensor in config.input}
+    dims = {tensor["name"]: [int(d) for d in tensor["dims"]] for tensor in config["input"]}
     assert dims, "policy_core has no inputs"
 
     result = build.run()
@@ -253,10 +253,10 @@ def test_engine_profile_covers_every_policy_core_input(tmp_path, max_batch_size)
     assert build.plan.read_text().strip() == "engine"
 
     assert _shapes(args["--minShapes"]) == {name: [1, *d] for name, d in dims.items()}
-    assert _shapes(args["--maxShapes"]) == {name: [config.max_batch_size, *d] for name, d in dims.items()}
+    assert _shapes(args["--maxShapes"]) == {name: [int(config["max_batch_size"]), *d] for name, d in dims.items()}
     opt = _shapes(args["--optShapes"])
     opt_batch = opt[next(iter(dims))][0]
-    assert 1 <= opt_batch <= config.max_batch_size
+    assert 1 <= opt_batch <= int(config["max_batch_size"])
     assert opt == {name: [opt_batch, *d] for name, d in dims.items()}
 
 

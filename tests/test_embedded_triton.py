@@ -13,8 +13,9 @@ import time
 
 import pytest
 
-from frontend import embedded_triton
-from frontend.embedded_triton import EmbeddedTriton, EmbeddedTritonError, free_port
+from openpi_triton.process import die_with_parent, free_port
+from openpi_triton.triton import embedded
+from openpi_triton.triton.embedded import EmbeddedTriton, EmbeddedTritonError
 
 from .conftest import TEST_MODEL_REPOSITORY
 
@@ -37,7 +38,7 @@ def test_free_ports_are_never_handed_out_twice():
 def test_a_missing_binary_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "pytriton", None)  # as if the wheel were not installed
     with pytest.raises(EmbeddedTritonError, match=r"nvidia-pytriton wheel is not installed.*pip install"):
-        embedded_triton.find_triton()
+        embedded.find_triton()
 
 
 def test_a_missing_repository_is_named(tmp_path):
@@ -51,11 +52,12 @@ def test_no_orphan_tritonserver_when_the_parent_is_killed():
     script = textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from frontend.embedded_triton import EmbeddedTriton, free_port
+        from openpi_triton.process import free_port
+        from openpi_triton.triton.embedded import EmbeddedTriton
         server = EmbeddedTriton([Path({str(TEST_MODEL_REPOSITORY)!r})], http_port=free_port(),
                                 grpc_port=free_port(), metrics_port=free_port())
         server.start()
-        print(server.process.pid, flush=True)
+        print(server.pid, flush=True)
         time.sleep(600)
     """)
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
@@ -93,7 +95,7 @@ def test_children_start_while_grpc_threads_are_busy(triton):
     for thread in threads:
         thread.start()
     try:
-        codes = [subprocess.run(embedded_triton.die_with_parent([sys.executable, "-S", "-c", "pass"]),
+        codes = [subprocess.run(die_with_parent([sys.executable, "-S", "-c", "pass"]),
                                 stderr=subprocess.DEVNULL, check=False).returncode for _ in range(150)]
     finally:
         stop.set()

@@ -11,10 +11,11 @@ import tritonclient.grpc as grpcclient
 from openpi_client import image_tools
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
-from frontend.example_observations import aloha, droid, libero
 from openpi_policy.tokenizer import ByteTokenizer
+from openpi_triton.example_observations import aloha, droid, libero
+from openpi_triton.triton.tensors import infer_inputs
 
-from .conftest import MODEL_REPOSITORY, settled_statistics, triton_inputs
+from .conftest import MODEL_REPOSITORY, settled_statistics
 
 pytestmark = pytest.mark.integration
 
@@ -107,7 +108,7 @@ def expected_tokens(prompt: str) -> np.ndarray:
 
 def run_preprocess(triton, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     client = grpcclient.InferenceServerClient(triton.grpc_url)
-    result = client.infer(model, triton_inputs(inputs))
+    result = client.infer(model, infer_inputs(inputs))
     return {name: result.as_numpy(name)[0] for name in ("images", "image_masks", "state", "tokens", "token_mask")}
 
 

@@ -16,7 +16,7 @@ from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from frontend.example_observations import libero
+from openpi_triton.example_observations import libero
 
 from .conftest import front_settings, running_front, settled_statistics
 
@@ -75,7 +75,7 @@ def test_shared_memory_regions_of_unanswered_requests_are_not_reused(triton):
 
     import tritonclient.grpc.aio as aioclient
 
-    from frontend.shared_memory import SharedMemoryPool
+    from openpi_triton.triton.shared_memory import SharedMemoryPool
 
     async def scenario() -> None:
         client = aioclient.InferenceServerClient(triton.grpc_url)
@@ -291,7 +291,8 @@ def test_idle_connections_are_closed_with_1000(triton):
 
 
 def test_triton_outage_is_reported_and_recovered_from_without_a_restart(tmp_path):
-    from frontend.embedded_triton import EmbeddedTriton, free_port
+    from openpi_triton.process import free_port
+    from openpi_triton.triton.embedded import EmbeddedTriton
 
     from .conftest import TEST_MODEL_REPOSITORY
 

@@ -9,10 +9,11 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from frontend.embedded_triton import EmbeddedTriton
-from openpi_policy.reference_pipeline import ReferencePipeline
+from openpi_triton.triton.embedded import EmbeddedTriton
+from openpi_triton.triton.repository import load_reference_pipeline
+from openpi_triton.triton.tensors import infer_inputs
 
-from .conftest import MODEL_REPOSITORY, settled_statistics, triton_inputs
+from .conftest import MODEL_REPOSITORY, settled_statistics
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +43,7 @@ def test_every_model_is_ready(client):
 
 
 def test_ensemble_returns_a_libero_action_chunk(client):
-    actions = client.infer("libero", triton_inputs(libero_inputs())).as_numpy("actions")
+    actions = client.infer("libero", infer_inputs(libero_inputs())).as_numpy("actions")
     assert actions.shape == (1, 10, 7) and actions.dtype == np.float32
     assert np.isfinite(actions).all()
 
@@ -50,17 +51,17 @@ def test_ensemble_returns_a_libero_action_chunk(client):
 @pytest.mark.parametrize("wrist_shape", [(224, 224, 3), (480, 640, 3)])
 def test_ensemble_equals_the_in_process_pipeline(client, model_onnx, wrist_shape):
     inputs = libero_inputs(seed=11, wrist_shape=wrist_shape)
-    served = client.infer("libero", triton_inputs(inputs)).as_numpy("actions")
-    expected = ReferencePipeline(MODEL_REPOSITORY, "libero")(inputs)
+    served = client.infer("libero", infer_inputs(inputs)).as_numpy("actions")
+    expected = load_reference_pipeline(MODEL_REPOSITORY, "libero")(inputs)
     np.testing.assert_allclose(served, expected, atol=1e-5, rtol=0)
 
 
 def test_same_seed_same_actions_other_seed_other_actions(client):
-    first = client.infer("libero", triton_inputs(libero_inputs(seed=5))).as_numpy("actions")
-    again = client.infer("libero", triton_inputs(libero_inputs(seed=5))).as_numpy("actions")
+    first = client.infer("libero", infer_inputs(libero_inputs(seed=5))).as_numpy("actions")
+    again = client.infer("libero", infer_inputs(libero_inputs(seed=5))).as_numpy("actions")
     inputs = libero_inputs(seed=5)
     inputs["seed"][:] = 6
-    other = client.infer("libero", triton_inputs(inputs)).as_numpy("actions")
+    other = client.infer("libero", infer_inputs(inputs)).as_numpy("actions")
     np.testing.assert_array_equal(first, again)
     assert not np.allclose(first, other)
 
@@ -74,7 +75,7 @@ def test_concurrent_requests_are_batched_in_the_policy_core(client, triton):
         own = grpcclient.InferenceServerClient(triton.grpc_url)
         barrier.wait()
         try:
-            own.infer("libero", triton_inputs(libero_inputs(seed)))
+            own.infer("libero", infer_inputs(libero_inputs(seed)))
         except BaseException as error:
             errors.append(error)
 
@@ -98,6 +99,6 @@ def test_wrong_shape_or_dtype_gets_a_triton_error_and_the_server_stays_up(client
     inputs = libero_inputs()
     inputs[name] = bad
     with pytest.raises(InferenceServerException, match=name):
-        client.infer("libero", triton_inputs(inputs))
+        client.infer("libero", infer_inputs(inputs))
     assert client.is_server_live() and client.is_model_ready("libero")
-    assert client.infer("libero", triton_inputs(libero_inputs())).as_numpy("actions").shape == (1, 10, 7)
+    assert client.infer("libero", infer_inputs(libero_inputs())).as_numpy("actions").shape == (1, 10, 7)

@@ -16,8 +16,8 @@ import pytest
 from openpi_client import msgpack_numpy
 from starlette.testclient import TestClient, WebSocketTestSession
 
-from frontend.app import create_app
-from frontend.example_observations import libero
+from openpi_triton.example_observations import libero
+from openpi_triton.front.app import create_app
 
 from .conftest import front_settings
 

@@ -9,8 +9,8 @@ import onnx
 import pytest
 
 from openpi_policy import spec
+from openpi_policy.core import OnnxRuntimeCore
 from openpi_policy.export import example_inputs, export_reference_policy
-from openpi_policy.reference_pipeline import onnx_session
 
 # Operators of the exported graph that TensorRT 10's ONNX parser supports. Control flow
 # (Loop, If, Scan) and anything data-dependent stay out: the Euler steps are unrolled.
@@ -33,24 +33,28 @@ def test_graph_interface_and_operators(model_onnx: Path):
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_actions_have_the_core_shape(model_onnx: Path, batch: int):
-    (actions,) = onnx_session(model_onnx).run(None, example_inputs(batch))
+    (actions,) = _session(model_onnx).run(None, example_inputs(batch))
     assert actions.shape == (batch, spec.ACTION_HORIZON, spec.ACTION_DIM)
     assert actions.dtype == np.float32 and np.isfinite(actions).all()
 
 
 def test_export_is_reproducible_and_seeded(model_onnx: Path, tmp_path: Path):
     inputs = example_inputs(2)
-    shipped = onnx_session(model_onnx).run(None, inputs)[0]
-    again = onnx_session(export_reference_policy(tmp_path / "again.onnx", seed=0)).run(None, inputs)[0]
-    other = onnx_session(export_reference_policy(tmp_path / "other.onnx", seed=1)).run(None, inputs)[0]
+    shipped = _session(model_onnx).run(None, inputs)[0]
+    again = _session(export_reference_policy(tmp_path / "again.onnx", seed=0)).run(None, inputs)[0]
+    other = _session(export_reference_policy(tmp_path / "other.onnx", seed=1)).run(None, inputs)[0]
     np.testing.assert_array_equal(shipped, again)
     assert not np.allclose(shipped, other)
 
 
 def test_noise_and_masks_reach_the_actions(model_onnx: Path):
-    session = onnx_session(model_onnx)
+    session = _session(model_onnx)
     inputs = example_inputs(1)
     base = session.run(None, inputs)[0]
     for name, change in [("noise", lambda x: x + 1), ("image_masks", lambda x: ~x), ("tokens", lambda x: x + 1)]:
         varied = dict(inputs, **{name: change(inputs[name])})
         assert not np.allclose(session.run(None, varied)[0], base), f"{name} does not affect the actions"
+
+
+def _session(path: Path):
+    return OnnxRuntimeCore(path).session

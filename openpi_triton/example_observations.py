@@ -1,5 +1,5 @@
 """Synthetic observations built the way OpenPI's example clients build them (examples/libero,
-examples/droid, examples/aloha_*), for the demo client, the load generator and the tests."""
+examples/droid, examples/aloha_*), for the demo client, the load generator, the benchmarks and the tests."""
 
 from __future__ import annotations
 
@@ -48,3 +48,29 @@ def aloha(rng: np.random.Generator, real_robot: bool = False) -> Observation:
 FORMATS: dict[str, Callable[[np.random.Generator], Observation]] = {
     "libero": libero, "droid": droid, "aloha": aloha,
 }
+
+
+def observation_factory(format_name: str) -> Callable[[np.random.Generator], Observation]:
+    if format_name not in FORMATS:
+        raise ValueError(f"unknown observation format {format_name!r}; known: {', '.join(sorted(FORMATS))}")
+    return FORMATS[format_name]
+
+
+def make_observations(format_name: str, count: int, seed: int = 0) -> list[Observation]:
+    """`count` distinct synthetic observations (robots cycle through them)."""
+    make = observation_factory(format_name)
+    rng = np.random.default_rng(seed)
+    return [make(rng) for _ in range(count)]
+
+
+def describe(observation: Observation) -> dict[str, Any]:
+    """Key -> dtype/shape summary of one observation, for results files."""
+    summary: dict[str, Any] = {}
+    for key, value in observation.items():
+        if isinstance(value, dict):
+            summary.update({f"{key}/{k}": v for k, v in describe(value).items()})
+        elif isinstance(value, np.ndarray):
+            summary[key] = f"{value.dtype}{list(value.shape)}"
+        else:
+            summary[key] = type(value).__name__
+    return summary

@@ -1,27 +1,48 @@
-"""The CLI's tool commands: `check` a model repository, run a demo robot (`client`), load-test (`bench`)."""
+"""The tool commands: `export` the reference policy, `check` a model repository, run a demo robot (`client`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from frontend import bench_command
+from openpi_triton.cli.options import CliError
+from openpi_triton.config import CPU_CONFIG_NAME, DEFAULT_MODEL_REPOSITORY, DEFAULT_POLICY, core_onnx_path
+from openpi_triton.example_observations import FORMATS
 
 
-def _check(sub: argparse._SubParsersAction) -> None:
+def register_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export the reference policy to ONNX (needs the 'export' extra: torch)",
+                       description="Export the seeded reference policy to model.onnx.")
+    p.add_argument("--output", type=Path, default=core_onnx_path(DEFAULT_MODEL_REPOSITORY))
+    p.add_argument("--seed", type=int, default=0, help="weight seed (same seed, same model)")
+
+    def run(args: argparse.Namespace) -> None:
+        try:
+            from openpi_policy.export import export_reference_policy
+        except ImportError as error:
+            raise CliError(f"exporting needs torch: pip install 'openpi-triton[export]' ({error})") from None
+        try:
+            print(export_reference_policy(args.output, args.seed))
+        except ModuleNotFoundError as error:
+            raise CliError(f"exporting needs torch and onnx: pip install 'openpi-triton[export]' ({error})") from None
+
+    p.set_defaults(run=run)
+
+
+def register_check(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check", help="check a model repository before serving it",
                        description="Check that a model repository's policies are consistent: ensemble "
                                    "parameters, tensor names/dtypes/shapes, norm stats, model.onnx.")
-    p.add_argument("--model-repository", type=Path, default=Path("model_repository"))
-    p.add_argument("--config-name", default="cpu", help="config variant Triton will load (configs/<name>.pbtxt)")
+    p.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
+    p.add_argument("--config-name", default=CPU_CONFIG_NAME,
+                   help="config variant Triton will load (configs/<name>.pbtxt)")
 
     def run(args: argparse.Namespace) -> None:
-        from frontend.repository_check import check_repository
+        from openpi_triton.check import check_repository
 
         report = check_repository(args.model_repository, args.config_name)
         for problem in report.problems:
@@ -40,12 +61,10 @@ def _progress(done: int, total: int, latency_ms: float) -> None:
     sys.stderr.flush()
 
 
-def _client(sub: argparse._SubParsersAction) -> None:
-    from frontend.example_observations import FORMATS
-
+def register_client(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("client", help="demo robot: N steps of synthetic observations with openpi_client",
                        description="Run a demo robot loop against a server with the stock openpi_client.")
-    p.add_argument("--format", choices=sorted(FORMATS), default="libero", help="observation format to send")
+    p.add_argument("--format", choices=sorted(FORMATS), default=DEFAULT_POLICY, help="observation format to send")
     p.add_argument("--policy", help="policy to ask (default: the one named like the format)")
     p.add_argument("--host", default="localhost")
     p.add_argument("--port", type=int, default=8000)
@@ -57,14 +76,12 @@ def _client(sub: argparse._SubParsersAction) -> None:
         try:
             from openpi_client.websocket_client_policy import WebsocketClientPolicy
         except ImportError:
-            from frontend.cli import CliError
-
             raise CliError("the demo client needs openpi-client: pip install 'openpi-triton[client]'") from None
 
         policy = WebsocketClientPolicy(host=f"ws://{args.host}:{args.port}/v1/realtime/robot/openpi/"
                                        f"{args.policy or args.format}", api_key=args.api_key)
         print(f"connected; server metadata: {policy.get_server_metadata()}", file=sys.stderr)
-        make_observation: Callable = FORMATS[args.format]
+        make_observation = FORMATS[args.format]
         rng = np.random.default_rng(args.seed)
         latencies, shape = [], None
         for step in range(1, args.steps + 1):
@@ -79,6 +96,3 @@ def _client(sub: argparse._SubParsersAction) -> None:
               f"p90 {p90:.1f} ms, p99 {p99:.1f} ms, max {max(latencies):.1f} ms")
 
     p.set_defaults(run=run)
-
-
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_check, _client, bench_command.register]

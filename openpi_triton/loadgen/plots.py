@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
-from benchmarks.stats import PointResult
+from openpi_triton.loadgen.stats import PointResult
 
 Rows = Mapping[str, Sequence[PointResult]]
 DPI = 80

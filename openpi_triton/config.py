@@ -1,4 +1,5 @@
-"""The front's settings: one dataclass, filled from command-line flags or OPENPI_TRITON_* variables."""
+"""Every setting and default of the server, once: the `Settings` dataclass, filled by the CLI from flags
+or OPENPI_TRITON_* environment variables, and the defaults other layers share."""
 
 from __future__ import annotations
 
@@ -6,6 +7,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MIB = 1024 * 1024
+ENV_PREFIX = "OPENPI_TRITON_"
+
+DEFAULT_MODEL_REPOSITORY = Path("model_repository")
+DEFAULT_POLICY = "libero"
+# Triton's own defaults (its gRPC, metrics and HTTP ports), for the embedded tritonserver.
+TRITON_GRPC_PORT = 8001
+TRITON_METRICS_PORT = 8002
+TRITON_HTTP_PORT = 8003
+# The embedded tritonserver loads `configs/<name>.pbtxt` of every model that has one.
+CPU_CONFIG_NAME = "cpu"
+
+
+def env_var(flag: str) -> str:
+    """The environment variable of a flag: `triton-url` -> OPENPI_TRITON_TRITON_URL."""
+    return ENV_PREFIX + flag.upper().replace("-", "_")
+
+
+def core_onnx_path(model_repository: Path) -> Path:
+    """Where the policy core's ONNX lives in a model repository (exported, never committed)."""
+    return Path(model_repository) / "policy_core" / "1" / "model.onnx"
 
 
 @dataclass(frozen=True)
@@ -14,11 +35,11 @@ class Settings:
     port: int = 8000
     # None: start the embedded tritonserver (CPU) on the ports below.
     triton_url: str | None = None
-    triton_grpc_port: int = 8001
-    triton_metrics_port: int = 8002
-    triton_http_port: int = 8003
-    model_repository: Path = Path("model_repository")
-    default_policy: str = "libero"
+    triton_grpc_port: int = TRITON_GRPC_PORT
+    triton_metrics_port: int = TRITON_METRICS_PORT
+    triton_http_port: int = TRITON_HTTP_PORT
+    model_repository: Path = DEFAULT_MODEL_REPOSITORY
+    default_policy: str = DEFAULT_POLICY
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     # Four 480x640 RGB cameras are 3.7 MB; 16 MiB leaves room for more cameras and state.
     max_frame_bytes: int = 16 * MIB

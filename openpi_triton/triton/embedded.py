@@ -7,22 +7,17 @@ project's packages, and it dies with its parent: nothing is left behind after a 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import sysconfig
 import tempfile
-import threading
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from openpi_triton.config import CPU_CONFIG_NAME, TRITON_GRPC_PORT, TRITON_HTTP_PORT, TRITON_METRICS_PORT
+from openpi_triton.process import Child, ChildFailed, port_is_free, url_answers
 
 INSTALL_HINT = "install it with `pip install nvidia-pytriton==0.7.0` (or run `make serve`, which does)"
 
@@ -85,56 +80,6 @@ def place_python_stub(install: TritonInstall) -> Path:
     return target
 
 
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-_ports_handed_out: set[int] = set()
-_ports_lock = threading.Lock()
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (for tests and ephemeral servers), never the same one twice in
-    this process: the kernel can offer a port it has just offered again, and a tritonserver given one
-    port for both gRPC and metrics refuses to start."""
-    with _ports_lock:
-        while True:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                probe.bind(("127.0.0.1", 0))
-                port = probe.getsockname()[1]
-            if port not in _ports_handed_out:
-                _ports_handed_out.add(port)
-                return port
-
-
-# Sets PR_SET_PDEATHSIG (1), which survives exec, then becomes the command. Exits instead when the
-# parent (argv[1]) died before the signal was armed.
-_DIE_WITH_PARENT_SHIM = (
-    "import ctypes, os, signal, sys\n"
-    "ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)\n"
-    "if os.getppid() != int(sys.argv[1]):\n"
-    "    sys.exit(1)\n"
-    "os.execvp(sys.argv[2], sys.argv[2:])\n"
-)
-
-
-def die_with_parent(command: Sequence[str]) -> list[str]:
-    """`command`, wrapped so that the kernel sends it SIGTERM when this process dies, however it dies
-    (kill -9 included). Tritonserver then stops its python stubs itself.
-
-    A small shim arms the signal and execs the command. Arming it in a `preexec_fn` instead makes
-    Popen fork with gRPC's fork handlers in place: with gRPC threads busy in this process, about one
-    child in fifty aborted (SIGABRT in gRPC's event engine) before it ever ran the command.
-    """
-    return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT_SHIM, str(os.getpid()), *command]
-
-
 def _stub_environment(install: TritonInstall) -> dict[str, str]:
     """The environment for tritonserver and the python stubs it spawns.
 
@@ -151,19 +96,20 @@ def _stub_environment(install: TritonInstall) -> dict[str, str]:
 
 @dataclass
 class EmbeddedTriton:
-    """A tritonserver child process on the CPU configuration of one or more model repositories."""
+    """A tritonserver child process on the CPU configuration of one or more model repositories.
+
+    It dies with its parent (kill -9 included), and then stops its python stubs itself."""
 
     model_repositories: Sequence[Path]
-    http_port: int = 8010
-    grpc_port: int = 8011
-    metrics_port: int = 8012
+    http_port: int = TRITON_HTTP_PORT
+    grpc_port: int = TRITON_GRPC_PORT
+    metrics_port: int = TRITON_METRICS_PORT
     host: str = "127.0.0.1"
-    model_config_name: str = "cpu"
+    model_config_name: str = CPU_CONFIG_NAME
     log_verbose: int = 0
     startup_timeout_s: float = 180.0
     extra_args: Sequence[str] = ()
-    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
-    log_path: Path | None = field(default=None, init=False)
+    child: Child | None = field(default=None, init=False)
 
     @property
     def grpc_url(self) -> str:
@@ -172,6 +118,10 @@ class EmbeddedTriton:
     @property
     def http_url(self) -> str:
         return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.child is None else self.child.pid
 
     def command(self, install: TritonInstall) -> list[str]:
         args = [str(install.binary)]
@@ -208,73 +158,29 @@ class EmbeddedTriton:
             )
         install = find_triton()
         place_python_stub(install)
-
-        env = _stub_environment(install)
-        with tempfile.NamedTemporaryFile(prefix="tritonserver-", suffix=".log", delete=False) as log:
-            self.log_path = Path(log.name)
-            self.process = subprocess.Popen(
-                die_with_parent(self.command(install)), stdout=log, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True,
-            )
+        self.child = Child.start("tritonserver", self.command(install), env=_stub_environment(install))
         try:
-            self.wait_ready()
+            self.child.wait_ready(f"{self.http_url}/v2/health/ready", self.startup_timeout_s)
+        except ChildFailed as error:
+            self.stop()
+            raise EmbeddedTritonError(str(error)) from None
         except BaseException:
             self.stop()
             raise
         return self
 
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise EmbeddedTritonError(
-                    f"tritonserver exited with code {self.process.returncode} during start-up. "
-                    f"Last lines of its log ({self.log_path}):\n{self.log_tail()}"
-                )
-            if self.is_ready():
-                return
-            time.sleep(0.25)
-        raise EmbeddedTritonError(
-            f"tritonserver was not ready after {self.startup_timeout_s:.0f} s. "
-            f"Last lines of its log ({self.log_path}):\n{self.log_tail()}"
-        )
-
     def is_ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=1) as response:
-                return response.status == 200
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
-
-    def log_tail(self, lines: int = 30) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return url_answers(f"{self.http_url}/v2/health/ready")
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Graceful stop (SIGTERM: Triton unloads models and ends its stubs), then SIGKILL the group."""
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        # The log is only kept when start-up failed (the error message points at it).
-        if process is not None and process.returncode == 0 and self.log_path is not None:
-            self.log_path.unlink(missing_ok=True)
+        """Graceful stop (SIGTERM: Triton unloads models and ends its stubs), then SIGKILL the group.
+        The log is kept only when tritonserver did not exit cleanly (the error message points at it)."""
+        child, self.child = self.child, None
+        if child is not None:
+            child.stop(timeout_s)
 
     def __enter__(self) -> EmbeddedTriton:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-@contextlib.contextmanager
-def embedded_triton(model_repositories: Sequence[Path], **options: object) -> Iterator[EmbeddedTriton]:
-    server = EmbeddedTriton(list(model_repositories), **options)  # type: ignore[arg-type]
-    with server:
-        yield server

@@ -1,6 +1,6 @@
 """`openpi-triton bench`: a fleet of simulated robots against any OpenPI websocket server.
 
-The work is in `benchmarks.loadgen`; this module only declares the command line.
+The work is in `openpi_triton.loadgen`; this module only declares the command line.
 """
 
 from __future__ import annotations
@@ -9,10 +9,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from openpi_triton.cli.options import CliError
+from openpi_triton.config import DEFAULT_POLICY
+from openpi_triton.example_observations import FORMATS
+from openpi_triton.loadgen.fleet import Schedule, parse_robot_counts
+
 
 def _robot_counts(text: str) -> tuple[int, ...]:
-    from benchmarks.fleet import parse_robot_counts
-
     try:
         return parse_robot_counts(text)
     except ValueError as error:
@@ -27,11 +30,8 @@ def _url(args: argparse.Namespace) -> str:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from frontend.cli import CliError
-
     try:
-        from benchmarks.fleet import Schedule
-        from benchmarks.loadgen import LoadgenConfig, format_table, run_sweep, write_results
+        from openpi_triton.loadgen.sweep import LoadgenConfig, format_table, run_sweep, write_results
     except ImportError as error:
         raise CliError(f"the load generator needs the 'bench' extra: pip install 'openpi-triton[bench]' "
                        f"({error})") from None
@@ -56,8 +56,6 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from frontend.example_observations import FORMATS
-
     p = sub.add_parser(
         "bench", help="load-test a server with a fleet of simulated robots (OpenPI wire format)",
         description="Simulated robots, each on its own websocket: every robot runs its controller at --rate Hz "
@@ -69,7 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="localhost")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--policy", help="policy to ask (default: the one named like the format)")
-    p.add_argument("--format", choices=sorted(FORMATS), default="libero", help="observation format to send")
+    p.add_argument("--format", choices=sorted(FORMATS), default=DEFAULT_POLICY,
+                   help="observation format to send")
     p.add_argument("--api-key", default=None)
     p.add_argument("--robots", type=_robot_counts, default=(1, 4, 16),
                    help="fleet sizes to run one after another, comma-separated [default: 1,4,16]")

@@ -31,7 +31,7 @@ from typing import Protocol
 
 import numpy as np
 
-from benchmarks.stats import PointResult, latency_summary
+from openpi_triton.loadgen.stats import PointResult, latency_summary
 
 MAX_ERROR_MESSAGES = 5
 

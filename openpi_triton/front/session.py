@@ -1,4 +1,5 @@
-"""The Starlette app: OpenPI websocket sessions in front of Triton, plus health, readiness and metrics."""
+"""One robot's websocket after the handshake: the receive -> infer -> answer loop, with the session
+bookkeeping (session ids, call counts, Triton sequences of stateful policies)."""
 
 from __future__ import annotations
 
@@ -9,31 +10,22 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette import status
+from starlette.websockets import WebSocket
 
-from frontend.auth import is_authorized
-from frontend.backend import BackendRejected, BackendUnavailable, Sequence, TritonBackend
-from frontend.codec import ProtocolError, decode_frame, encode
-from frontend.metrics import FrontMetrics
-from frontend.policies import Policy, observation_to_tensors, unbatch
-from frontend.settings import Settings
+from openpi_triton.config import Settings
+from openpi_triton.front.codec import ProtocolError, decode_frame, encode
+from openpi_triton.front.metrics import FrontMetrics
+from openpi_triton.front.observations import observation_to_tensors, unbatch
+from openpi_triton.triton.client import Backend, BackendRejected, BackendUnavailable, SequenceFlags
+from openpi_triton.triton.policy import Policy
 
 log = logging.getLogger("openpi_triton.front")
 
-CLOSE_NORMAL = 1000
-CLOSE_POLICY_VIOLATION = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_TRY_AGAIN_LATER = 1013
 CONTROL_KEYS = ("endpoint", "session_id", "seed")
 # Triton sequence ids: one per session, unique within this process.
 _sequence_ids = itertools.count(secrets.randbits(40) + 1)
@@ -56,7 +48,7 @@ class Session:
 class RobotConnection:
     """One websocket: handshake done, then the receive -> infer -> answer loop."""
 
-    def __init__(self, websocket: WebSocket, policy: Policy, backend: TritonBackend,
+    def __init__(self, websocket: WebSocket, policy: Policy, backend: Backend,
                  settings: Settings, metrics: FrontMetrics) -> None:
         self.websocket, self.policy, self.backend = websocket, policy, backend
         self.settings, self.metrics = settings, metrics
@@ -80,7 +72,7 @@ class RobotConnection:
                     message = await asyncio.wait_for(self.websocket.receive(), self.settings.idle_timeout_s)
                 except asyncio.TimeoutError:
                     log.info("closing idle connection", extra=self._log_extra())
-                    await self.websocket.close(CLOSE_NORMAL, "idle timeout")
+                    await self.websocket.close(status.WS_1000_NORMAL_CLOSURE, "idle timeout")
                     return
                 if message["type"] == "websocket.disconnect":
                     return
@@ -90,7 +82,8 @@ class RobotConnection:
                     await self._send_error("expected a binary msgpack frame but got a text frame", "text_frame")
                     continue
                 if len(frame) > self.settings.max_frame_bytes:
-                    await self.websocket.close(CLOSE_TOO_BIG, f"frame over {self.settings.max_frame_bytes} bytes")
+                    await self.websocket.close(status.WS_1009_MESSAGE_TOO_BIG,
+                                               f"frame over {self.settings.max_frame_bytes} bytes")
                     return
                 await self._handle(frame, started)
         finally:
@@ -119,7 +112,7 @@ class RobotConnection:
 
         sequence = None
         if self.policy.stateful:
-            sequence = Sequence(self.session.sequence_id, start=self.session.is_first_call)
+            sequence = SequenceFlags(self.session.sequence_id, start=self.session.is_first_call)
         infer_start = time.monotonic()
         try:
             outputs = await self.backend.infer(self.policy, tensors, request_id, sequence)
@@ -175,87 +168,4 @@ class RobotConnection:
         request_id = f"{self.connection_id}-end-{session.sequence_id}"
         # Triton ends a sequence only with a request: replay the last observation, drop the result.
         with contextlib.suppress(BackendUnavailable, BackendRejected):
-            await self.backend.infer(self.policy, tensors, request_id, Sequence(session.sequence_id, end=True))
-
-
-def create_app(settings: Settings, backend: TritonBackend | None = None,
-               on_ready: Callable[[dict[str, Policy]], None] | None = None) -> Starlette:
-    """The ASGI app. `on_ready` is called once with the policies found at start-up."""
-    backend = backend or TritonBackend(settings.triton_url or "localhost:8001", settings.triton_timeout_s,
-                                       settings.triton_shared_memory)
-    metrics = FrontMetrics()
-    open_connections = 0
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        policies = await backend.discover(force=True)
-        if on_ready is not None:
-            on_ready(policies)
-        yield
-        await backend.close()
-
-    async def refuse(websocket: WebSocket, status: int, reason: str, metric: str) -> None:
-        metrics.rejected.labels(metric).inc()
-        log.info("connection refused", extra={"status": status, "reason": reason})
-        if "websocket.http.response" in websocket.scope.get("extensions", {}):
-            await websocket.send_denial_response(PlainTextResponse(reason + "\n", status_code=status))
-        else:
-            await websocket.close(CLOSE_POLICY_VIOLATION, reason[:120])
-
-    async def robot(websocket: WebSocket) -> None:
-        nonlocal open_connections
-        name = websocket.path_params.get("policy") or settings.default_policy
-        if settings.auth_enabled and not is_authorized(websocket.headers.get("authorization"), settings.api_keys):
-            await refuse(websocket, 401, "missing or wrong API key: send 'Authorization: Api-Key <key>'", "auth")
-            return
-        policy = await backend.policy(name)
-        if policy is None:
-            known = ", ".join(sorted(backend.policies)) or "none (is Triton up?)"
-            await refuse(websocket, 404, f"unknown policy {name!r}; available policies: {known}", "unknown_policy")
-            return
-        if open_connections >= settings.max_connections:
-            metrics.rejected.labels("capacity").inc()
-            await websocket.accept()
-            await websocket.close(CLOSE_TRY_AGAIN_LATER, f"server at its limit of {settings.max_connections} robots")
-            return
-        open_connections += 1
-        metrics.connections.labels(name).inc()
-        try:
-            await websocket.accept()
-            await RobotConnection(websocket, policy, backend, settings, metrics).run()
-        except WebSocketDisconnect:
-            pass
-        finally:
-            open_connections -= 1
-            metrics.connections.labels(name).dec()
-
-    async def healthz(request: Request) -> Response:
-        return PlainTextResponse("OK\n")
-
-    async def readyz(request: Request) -> Response:
-        ready, reason = await backend.readiness([settings.default_policy])
-        return PlainTextResponse(reason + "\n", status_code=200 if ready else 503)
-
-    async def metrics_endpoint(request: Request) -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    async def list_policies(request: Request) -> Response:
-        policies = await backend.discover()
-        return JSONResponse({
-            "default": settings.default_policy,
-            "policies": [policy.describe() for _, policy in sorted(policies.items())],
-        })
-
-    routes = [
-        WebSocketRoute("/", robot),
-        WebSocketRoute("/v1/realtime/robot/openpi", robot),
-        WebSocketRoute("/v1/realtime/robot/openpi/{policy}", robot),
-        Route("/healthz", healthz),
-        Route("/readyz", readyz),
-        Route("/metrics", metrics_endpoint),
-        Route("/v1/policies", list_policies),
-    ]
-    app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.backend = backend
-    app.state.metrics = metrics
-    return app
+            await self.backend.infer(self.policy, tensors, request_id, SequenceFlags(session.sequence_id, end=True))

@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
-
-from frontend.policies import PolicyConfigError, is_policy, policy_from_config
-from openpi_policy.pipeline import PostprocessConfig, Postprocessor, PreprocessConfig, Preprocessor
-from openpi_policy.reference_pipeline import read_model_config
+from openpi_policy.pipeline import Postprocessor, Preprocessor
+from openpi_triton.config import CPU_CONFIG_NAME, core_onnx_path
+from openpi_triton.triton.policy import PolicyConfigError, is_policy, policy_from_config
+from openpi_triton.triton.repository import config_path, read_model_config
 
 ONNX_TYPES = {1: "TYPE_FP32", 2: "TYPE_UINT8", 7: "TYPE_INT64", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64"}
 
@@ -31,19 +30,14 @@ class Report:
         return not self.problems
 
 
-def _load(path: Path) -> dict[str, Any]:
-    return MessageToDict(read_model_config(path), preserving_proto_field_name=True)
-
-
 def _load_models(repository: Path, config_name: str, report: Report) -> dict[str, tuple[Path, dict[str, Any]]]:
     models = {}
     for directory in sorted(p for p in repository.iterdir() if p.is_dir()):
-        variant = directory / "configs" / f"{config_name}.pbtxt"
-        path = variant if variant.exists() else directory / "config.pbtxt"
+        path = config_path(directory, config_name)
         if not path.exists():
             continue
         try:
-            config = _load(path)
+            config = read_model_config(path)
         except Exception as error:  # protobuf's text-format errors name the line and column
             report.problems.append(f"{path}: does not parse: {error}")
             continue
@@ -95,8 +89,8 @@ def _check_processing(models: dict[str, tuple[Path, dict]], report: Report) -> N
     for path, config in models.values():
         base = path.parent if path.parent.name != "configs" else path.parent.parent
         try:
-            if (text := _parameter(config, "preprocess")) is not None:
-                pre = Preprocessor(PreprocessConfig.from_json(text, base))
+            if _parameter(config, "preprocess") is not None:
+                pre = Preprocessor.from_model_config(config, base)
                 inputs = _tensors(config, "input")
                 state_dims = sum(inputs[i][1][-1] for i in pre.config.state_inputs if i in inputs)
                 missing = [i for i in pre.input_names if i not in inputs]
@@ -105,8 +99,8 @@ def _check_processing(models: dict[str, tuple[Path, dict]], report: Report) -> N
                 elif state_dims != pre.state_stats.dim:
                     report.problems.append(f"{path}: state inputs have {state_dims} dims but "
                                            f"{pre.config.norm_stats} has {pre.state_stats.dim} for 'state'")
-            if (text := _parameter(config, "postprocess")) is not None:
-                post = Postprocessor(PostprocessConfig.from_json(text, base))
+            if _parameter(config, "postprocess") is not None:
+                post = Postprocessor.from_model_config(config, base)
                 declared = _tensors(config, "output").get("actions", ("", []))[1]
                 wanted = [post.config.action_horizon, post.config.action_dim]
                 if declared != wanted:
@@ -120,7 +114,7 @@ def _check_onnx(repository: Path, models: dict[str, tuple[Path, dict]], report: 
     if "policy_core" not in models:
         return
     path, config = models["policy_core"]
-    onnx_path = repository / "policy_core" / "1" / "model.onnx"
+    onnx_path = core_onnx_path(repository)
     if not onnx_path.exists():
         report.problems.append(f"{onnx_path}: missing; run `openpi-triton export` or copy your own ONNX there")
         return
@@ -142,7 +136,7 @@ def _check_onnx(repository: Path, models: dict[str, tuple[Path, dict]], report: 
                                    f"{dtype} [batch, {', '.join(map(str, dims))}] in {path.name}")
 
 
-def check_repository(repository: Path, config_name: str = "cpu") -> Report:
+def check_repository(repository: Path, config_name: str = CPU_CONFIG_NAME) -> Report:
     report = Report()
     if not repository.is_dir():
         report.problems.append(f"{repository}: no such directory")

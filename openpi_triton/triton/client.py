@@ -1,4 +1,7 @@
-"""The front's one connection to Triton: policy discovery, readiness and inference over gRPC (asyncio)."""
+"""The front's one connection to Triton: policy discovery, readiness and inference over gRPC (asyncio).
+
+`Backend` is what the front needs from it; `TritonBackend` is the real one.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +10,15 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+from tritonclient.utils import InferenceServerException
 
-from frontend.policies import Policy, PolicyConfigError, is_policy, policy_from_config
-from frontend.shared_memory import SharedMemoryPool, large_tensors
+from openpi_triton.triton.policy import Policy, PolicyConfigError, is_policy, policy_from_config
+from openpi_triton.triton.shared_memory import SharedMemoryPool, large_tensors
+from openpi_triton.triton.tensors import infer_input
 
 log = logging.getLogger("openpi_triton.backend")
 
@@ -40,12 +45,32 @@ class BackendRejected(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Sequence:
+class SequenceFlags:
     """Triton sequence flags for one call of a stateful policy."""
 
     id: int
     start: bool = False
     end: bool = False
+
+
+class Backend(Protocol):
+    """What the front asks of the policy backend."""
+
+    @property
+    def policies(self) -> dict[str, Policy]: ...
+
+    config_errors: dict[str, str]
+
+    async def discover(self, force: bool = False) -> dict[str, Policy]: ...
+
+    async def policy(self, name: str) -> Policy | None: ...
+
+    async def readiness(self, names: list[str]) -> tuple[bool, str]: ...
+
+    async def infer(self, policy: Policy, tensors: Mapping[str, np.ndarray], request_id: str,
+                    sequence: SequenceFlags | None = None) -> dict[str, np.ndarray]: ...
+
+    async def close(self) -> None: ...
 
 
 class TritonBackend:
@@ -129,7 +154,7 @@ class TritonBackend:
         return True, "ready"
 
     async def infer(
-        self, policy: Policy, tensors: Mapping[str, np.ndarray], request_id: str, sequence: Sequence | None = None,
+        self, policy: Policy, tensors: Mapping[str, np.ndarray], request_id: str, sequence: SequenceFlags | None = None,
     ) -> dict[str, np.ndarray]:
         try:
             return await self._infer(policy, tensors, request_id, sequence)
@@ -140,7 +165,7 @@ class TritonBackend:
             return await self._infer(policy, tensors, request_id, sequence)
 
     async def _infer(
-        self, policy: Policy, tensors: Mapping[str, np.ndarray], request_id: str, sequence: Sequence | None,
+        self, policy: Policy, tensors: Mapping[str, np.ndarray], request_id: str, sequence: SequenceFlags | None,
     ) -> dict[str, np.ndarray]:
         region, answered = None, False
         try:
@@ -149,14 +174,12 @@ class TritonBackend:
                 region = await self._shared_memory_pool().acquire(sum(v.nbytes for v in large.values()))
             inputs, offset = [], 0
             for name, value in tensors.items():
-                tensor = grpcclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
                 if region is not None and name in large:
                     region.write(value, offset)
-                    tensor.set_shared_memory(region.name, value.nbytes, offset)
+                    inputs.append(infer_input(name, value, (region.name, offset)))
                     offset += value.nbytes
                 else:
-                    tensor.set_data_from_numpy(value)
-                inputs.append(tensor)
+                    inputs.append(infer_input(name, value))
             outputs = [grpcclient.InferRequestedOutput(name) for name in policy.outputs.values()]
             flags = {}
             if sequence is not None:

@@ -1,3 +1,0 @@
-from frontend.cli import main
-
-main()

@@ -1,0 +1,3 @@
+from openpi_triton.cli import main
+
+main()

@@ -1,0 +1,104 @@
+"""`openpi-triton serve`: the websocket front, and an embedded tritonserver unless --triton-url.
+
+Every flag also reads OPENPI_TRITON_<FLAG> (for example OPENPI_TRITON_PORT); a flag on the command
+line wins over the variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from openpi_triton.cli.options import CliError, add_env_flag
+from openpi_triton.config import Settings, core_onnx_path, read_api_keys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    d = Settings()
+    p = sub.add_parser("serve", help="run the websocket front (and an embedded tritonserver unless --triton-url)",
+                       description="Serve OpenPI policies from Triton to robots over websockets.")
+    add_env_flag(p, "host", str, d.host, "address to listen on")
+    add_env_flag(p, "port", int, d.port, "websocket/HTTP port")
+    add_env_flag(p, "triton-url", str, d.triton_url, "gRPC address of an existing Triton (host:8001); "
+                 "without it an embedded tritonserver runs the CPU configuration")
+    add_env_flag(p, "model-repository", Path, d.model_repository, "model repository for the embedded tritonserver")
+    add_env_flag(p, "triton-grpc-port", int, d.triton_grpc_port, "embedded tritonserver gRPC port")
+    add_env_flag(p, "triton-http-port", int, d.triton_http_port, "embedded tritonserver HTTP port")
+    add_env_flag(p, "triton-metrics-port", int, d.triton_metrics_port, "embedded tritonserver metrics port")
+    add_env_flag(p, "default-policy", str, d.default_policy, "policy served at / and /v1/realtime/robot/openpi")
+    add_env_flag(p, "api-keys", str, None, "comma-separated API keys; when any key is set, robots must send one")
+    add_env_flag(p, "api-key-file", Path, None, "file with one API key per line")
+    add_env_flag(p, "max-frame-bytes", int, d.max_frame_bytes, "largest accepted frame; larger closes with 1009")
+    add_env_flag(p, "max-connections", int, d.max_connections, "concurrent robots; one more is refused with 1013")
+    add_env_flag(p, "idle-timeout", float, d.idle_timeout_s, "seconds without a frame before a connection is closed")
+    add_env_flag(p, "triton-timeout", float, d.triton_timeout_s, "seconds to wait for Triton on each call")
+    add_env_flag(p, "triton-shared-memory", str, "auto", "pass camera frames to Triton through system shared "
+                 "memory: auto = on for the embedded tritonserver, off with --triton-url (use on only when "
+                 "Triton shares this host's /dev/shm)", choices=("auto", "on", "off"))
+    add_env_flag(p, "log-level", str, d.log_level, "debug, info, warning or error")
+    p.set_defaults(run=_serve)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    if args.api_key_file is not None and not args.api_key_file.is_file():
+        raise CliError(f"API key file {args.api_key_file} does not exist")
+    return Settings(
+        host=args.host, port=args.port, triton_url=args.triton_url, triton_grpc_port=args.triton_grpc_port,
+        triton_http_port=args.triton_http_port, triton_metrics_port=args.triton_metrics_port,
+        model_repository=args.model_repository, default_policy=args.default_policy,
+        api_keys=read_api_keys(args.api_keys, args.api_key_file), max_frame_bytes=args.max_frame_bytes,
+        max_connections=args.max_connections, idle_timeout_s=args.idle_timeout,
+        triton_timeout_s=args.triton_timeout, log_level=args.log_level,
+        triton_shared_memory=args.triton_shared_memory == "on"
+        or (args.triton_shared_memory == "auto" and args.triton_url is None),
+    )
+
+
+def _announce(settings: Settings) -> Callable[[dict[str, Any]], None]:
+    def announce(policies: dict[str, Any]) -> None:
+        host = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
+        print(f"\nopenpi-triton is serving on ws://{host}:{settings.port}", flush=True)
+        if not policies:
+            print("  no policies found yet (Triton unreachable?); /readyz says why", flush=True)
+        for name, policy in sorted(policies.items()):
+            default = "  (default)" if name == settings.default_policy else ""
+            print(f"  policy {name!r}{default}: metadata {policy.metadata}", flush=True)
+            print(f"    ws://{host}:{settings.port}/v1/realtime/robot/openpi/{name}", flush=True)
+        key = ", api_key='<key>'" if settings.auth_enabled else ""
+        print("\nConnect a robot with openpi-client:\n"
+              "  from openpi_client.websocket_client_policy import WebsocketClientPolicy\n"
+              f"  policy = WebsocketClientPolicy(host='{host}', port={settings.port}{key})\n"
+              "  actions = policy.infer(observation)['actions']\n", flush=True)
+    return announce
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from openpi_triton.front.app import create_app, serve
+    from openpi_triton.front.logs import configure_logging
+    from openpi_triton.triton.embedded import EmbeddedTriton, EmbeddedTritonError
+
+    settings = settings_from_args(args)
+    configure_logging(settings.log_level)
+    triton = None
+    if settings.triton_url is None:
+        if not core_onnx_path(settings.model_repository).exists():
+            raise CliError(f"{core_onnx_path(settings.model_repository)} is missing: "
+                           "run `openpi-triton export` (or `make serve`) first")
+        triton = EmbeddedTriton(
+            [settings.model_repository], http_port=settings.triton_http_port,
+            grpc_port=settings.triton_grpc_port, metrics_port=settings.triton_metrics_port,
+        )
+        print(f"starting tritonserver (CPU configuration) on gRPC port {settings.triton_grpc_port} ...", flush=True)
+        try:
+            triton.start()
+        except EmbeddedTritonError as error:  # a taken port, a missing binary: the message says what to do
+            raise CliError(str(error)) from None
+        settings = Settings(**{**vars(settings), "triton_url": triton.grpc_url})
+    try:
+        serve(create_app(settings, on_ready=_announce(settings)), settings)
+    finally:
+        if triton is not None:
+            print("stopping tritonserver ...", flush=True)
+            triton.stop()

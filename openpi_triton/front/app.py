@@ -1,0 +1,133 @@
+"""The Starlette app: OpenPI websocket routes in front of a policy backend, plus health, readiness,
+metrics and the policy list; and the uvicorn options it is served with."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette import status
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from openpi_triton.config import Settings
+from openpi_triton.front.auth import is_authorized
+from openpi_triton.front.metrics import FrontMetrics
+from openpi_triton.front.session import RobotConnection
+from openpi_triton.triton.client import Backend, TritonBackend
+from openpi_triton.triton.policy import Policy
+
+log = logging.getLogger("openpi_triton.front")
+
+# Pings find dead robots (a client that vanished without closing) within 80 s; the timeout is generous
+# because a robot's event loop may be busy for a while between frames.
+WS_PING_INTERVAL_S = 20.0
+WS_PING_TIMEOUT_S = 60.0
+
+
+def create_app(settings: Settings, backend: Backend | None = None,
+               on_ready: Callable[[dict[str, Policy]], None] | None = None) -> Starlette:
+    """The ASGI app. `on_ready` is called once with the policies found at start-up."""
+    if backend is None:
+        if settings.triton_url is None:
+            raise ValueError("the front needs a Triton URL (settings.triton_url) or a backend")
+        backend = TritonBackend(settings.triton_url, settings.triton_timeout_s, settings.triton_shared_memory)
+    metrics = FrontMetrics()
+    open_connections = 0
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        policies = await backend.discover(force=True)
+        if on_ready is not None:
+            on_ready(policies)
+        yield
+        await backend.close()
+
+    async def refuse(websocket: WebSocket, status: int, reason: str, metric: str) -> None:
+        metrics.rejected.labels(metric).inc()
+        log.info("connection refused", extra={"status": status, "reason": reason})
+        if "websocket.http.response" in websocket.scope.get("extensions", {}):
+            await websocket.send_denial_response(PlainTextResponse(reason + "\n", status_code=status))
+        else:
+            await websocket.close(status.WS_1008_POLICY_VIOLATION, reason[:120])
+
+    async def robot(websocket: WebSocket) -> None:
+        nonlocal open_connections
+        name = websocket.path_params.get("policy") or settings.default_policy
+        if settings.auth_enabled and not is_authorized(websocket.headers.get("authorization"), settings.api_keys):
+            await refuse(websocket, 401, "missing or wrong API key: send 'Authorization: Api-Key <key>'", "auth")
+            return
+        policy = await backend.policy(name)
+        if policy is None:
+            known = ", ".join(sorted(backend.policies)) or "none (is Triton up?)"
+            await refuse(websocket, 404, f"unknown policy {name!r}; available policies: {known}", "unknown_policy")
+            return
+        if open_connections >= settings.max_connections:
+            metrics.rejected.labels("capacity").inc()
+            await websocket.accept()
+            await websocket.close(status.WS_1013_TRY_AGAIN_LATER,
+                                  f"server at its limit of {settings.max_connections} robots")
+            return
+        open_connections += 1
+        metrics.connections.labels(name).inc()
+        try:
+            await websocket.accept()
+            await RobotConnection(websocket, policy, backend, settings, metrics).run()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            open_connections -= 1
+            metrics.connections.labels(name).dec()
+
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("OK\n")
+
+    async def readyz(request: Request) -> Response:
+        ready, reason = await backend.readiness([settings.default_policy])
+        return PlainTextResponse(reason + "\n", status_code=200 if ready else 503)
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def list_policies(request: Request) -> Response:
+        policies = await backend.discover()
+        return JSONResponse({
+            "default": settings.default_policy,
+            "policies": [policy.describe() for _, policy in sorted(policies.items())],
+        })
+
+    routes = [
+        WebSocketRoute("/", robot),
+        WebSocketRoute("/v1/realtime/robot/openpi", robot),
+        WebSocketRoute("/v1/realtime/robot/openpi/{policy}", robot),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics_endpoint),
+        Route("/v1/policies", list_policies),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.backend = backend
+    app.state.metrics = metrics
+    return app
+
+
+def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """How the front is served: uvicorn with websocket limits and keep-alive pings from `settings`."""
+    options: dict[str, Any] = {
+        "host": settings.host, "port": settings.port, "ws_max_size": settings.max_frame_bytes,
+        "log_level": settings.log_level, "ws_ping_interval": WS_PING_INTERVAL_S,
+        "ws_ping_timeout": WS_PING_TIMEOUT_S, **overrides,
+    }
+    return uvicorn.Config(app, **options)
+
+
+def serve(app: Any, settings: Settings) -> None:
+    """Run `app` until interrupted (Ctrl-C, SIGTERM)."""
+    uvicorn.Server(uvicorn_config(app, settings)).run()

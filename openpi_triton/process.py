@@ -1,0 +1,150 @@
+"""Child processes that never outlive us: free ports, die-with-parent, and a logged child that is up
+once a URL answers. Used by the embedded tritonserver, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+_ports_handed_out: set[int] = set()
+_ports_lock = threading.Lock()
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (for tests and ephemeral servers), never the same one twice in
+    this process: the kernel can offer a port it has just offered again, and a tritonserver given one
+    port for both gRPC and metrics refuses to start."""
+    with _ports_lock:
+        while True:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+            if port not in _ports_handed_out:
+                _ports_handed_out.add(port)
+                return port
+
+
+# Sets PR_SET_PDEATHSIG (1), which survives exec, then becomes the command. Exits instead when the
+# parent (argv[1]) died before the signal was armed.
+_DIE_WITH_PARENT_SHIM = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(1)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def die_with_parent(command: Sequence[str]) -> list[str]:
+    """`command`, wrapped so that the kernel sends it SIGTERM when this process dies, however it dies
+    (kill -9 included).
+
+    A small shim arms the signal and execs the command. Arming it in a `preexec_fn` instead makes
+    Popen fork with gRPC's fork handlers in place: with gRPC threads busy in this process, about one
+    child in fifty aborted (SIGABRT in gRPC's event engine) before it ever ran the command.
+    """
+    return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT_SHIM, str(os.getpid()), *command]
+
+
+def url_answers(url: str) -> bool:
+    """An HTTP URL answers 200, or for "tcp://host:port", the port accepts a connection."""
+    try:
+        if url.startswith("tcp://"):
+            host, port = url.removeprefix("tcp://").rsplit(":", 1)
+            with socket.create_connection((host, int(port)), timeout=2):
+                return True
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
+class ChildFailed(RuntimeError):
+    """A child exited or did not become ready in time; the message ends with its log's last lines."""
+
+
+@dataclass
+class Child:
+    """A die-with-parent child in its own process group, its output in a log file that is deleted
+    after a clean stop and kept (for the error message) otherwise."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @classmethod
+    def start(cls, name: str, command: Sequence[str], env: Mapping[str, str] | None = None) -> Child:
+        with tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False) as log:
+            process = subprocess.Popen(die_with_parent(command), stdout=log, stderr=subprocess.STDOUT,
+                                       env=None if env is None else dict(env), start_new_session=True)
+        return cls(name, process, Path(log.name))
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, lines: int = 30) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def wait_ready(self, ready_url: str, timeout_s: float) -> None:
+        """Until `ready_url` answers (see `url_answers`); ChildFailed if the child exits or time runs out."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ChildFailed(f"{self.name} exited with code {self.process.returncode} during start-up. "
+                                  f"Last lines of its log ({self.log_path}):\n{self.log_tail()}")
+            if url_answers(ready_url):
+                return
+            time.sleep(0.2)
+        raise ChildFailed(f"{self.name} was not ready at {ready_url} after {timeout_s:.0f} s. "
+                          f"Last lines of its log ({self.log_path}):\n{self.log_tail()}")
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM (the child shuts down its own children), then SIGKILL of the whole group."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if self.process.returncode == 0:
+            self.log_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def running_child(name: str, command: Sequence[str], ready_url: str, timeout_s: float = 120.0) -> Iterator[Child]:
+    """A child that is ready (see `Child.wait_ready`) for the block, and stopped after it."""
+    child = Child.start(name, command)
+    try:
+        child.wait_ready(ready_url, timeout_s)
+        yield child
+    finally:
+        child.stop(15)
+    child.log_path.unlink(missing_ok=True)  # kept only when something went wrong

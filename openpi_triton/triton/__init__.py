@@ -1,0 +1,1 @@
+"""The Triton side: model configs -> policies, the gRPC client, shared memory, the embedded tritonserver."""

@@ -1,0 +1,126 @@
+"""Policies as the front sees them: read from Triton model configs, never hard-coded.
+
+A policy is any model (usually an ensemble) whose config carries a `policy_server_config`
+parameter. Its other parameters map OpenPI observation keys to model inputs and model outputs to
+response keys; Triton's own input metadata gives each input's dtype and shape:
+
+    observation_map  {"observation/state": "state", "images/cam_low": {"input": "cam_low", "optional": true}}
+    output_map       {"actions": "actions"}
+    seed_input       "seed"        (optional: the model input that receives the sampling seed)
+    stateful         "true"        (optional: or the model has `sequence_batching` itself)
+
+How observations become these inputs is the front's business (`openpi_triton.front.observations`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from openpi_triton.triton.tensors import TRITON_DTYPES, triton_datatype
+
+
+class PolicyConfigError(ValueError):
+    """A model's parameters do not describe a usable policy."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    key: str          # OpenPI observation key, e.g. "observation/state"
+    name: str         # model input name
+    datatype: str     # Triton datatype, e.g. "FP32"
+    dims: tuple[int, ...]  # without the batch axis; -1 = any size
+    optional: bool = False
+
+    def describe(self) -> str:
+        kind = "string" if self.datatype == "BYTES" else str(TRITON_DTYPES[self.datatype])
+        dims = ", ".join("any" if d < 0 else str(d) for d in self.dims)
+        return f"{kind} of shape [{dims}]"
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    metadata: dict[str, Any]
+    inputs: tuple[InputSpec, ...]
+    outputs: dict[str, str]  # response key -> model output name
+    seed_input: str | None
+    stateful: bool
+    batched: bool  # max_batch_size > 0: tensors carry a leading batch axis
+
+    @property
+    def required_keys(self) -> list[str]:
+        return [spec.key for spec in self.inputs if not spec.optional]
+
+    def describe(self) -> dict[str, Any]:
+        """The entry for GET /v1/policies."""
+        return {
+            "name": self.name,
+            "metadata": self.metadata,
+            "observation": {spec.key: {"input": spec.name, "type": spec.describe(), "optional": spec.optional}
+                            for spec in self.inputs},
+            "outputs": list(self.outputs),
+            "stateful": self.stateful,
+        }
+
+
+def _parameters(config: Mapping[str, Any]) -> dict[str, str]:
+    return {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
+
+
+def _json_parameter(params: Mapping[str, str], key: str, model: str, default: Any) -> Any:
+    if key not in params:
+        return default
+    try:
+        return json.loads(params[key])
+    except json.JSONDecodeError as error:
+        raise PolicyConfigError(f"model {model!r}: parameter '{key}' is not valid JSON ({error})") from None
+
+
+def is_policy(config: Mapping[str, Any]) -> bool:
+    return "policy_server_config" in config.get("parameters", {})
+
+
+def policy_from_config(config: Mapping[str, Any]) -> Policy:
+    """Build a Policy from a model config as Triton returns it (JSON form of ModelConfig)."""
+    name = config["name"]
+    params = _parameters(config)
+    metadata = _json_parameter(params, "policy_server_config", name, {})
+    observation_map = _json_parameter(params, "observation_map", name, None)
+    output_map = _json_parameter(params, "output_map", name, None)
+    if not isinstance(metadata, dict):
+        raise PolicyConfigError(f"model {name!r}: 'policy_server_config' must be a JSON object")
+    if not isinstance(observation_map, dict) or not isinstance(output_map, dict):
+        raise PolicyConfigError(f"model {name!r}: needs JSON object parameters 'observation_map' and 'output_map'")
+
+    model_inputs = {i["name"]: i for i in config.get("input", [])}
+    model_outputs = {o["name"] for o in config.get("output", [])}
+    seed_input = params.get("seed_input") or None
+    inputs = []
+    for key, target in observation_map.items():
+        entry = {"input": target} if isinstance(target, str) else dict(target)
+        input_name = entry.get("input")
+        if input_name not in model_inputs:
+            raise PolicyConfigError(f"model {name!r}: observation key {key!r} maps to unknown input {input_name!r}")
+        declared = model_inputs[input_name]
+        inputs.append(InputSpec(
+            key=key, name=input_name, datatype=triton_datatype(declared["data_type"]),
+            dims=tuple(int(d) for d in declared.get("dims", [])), optional=bool(entry.get("optional", False)),
+        ))
+    fed = {spec.name for spec in inputs} | ({seed_input} if seed_input else set())
+    if seed_input and seed_input not in model_inputs:
+        raise PolicyConfigError(f"model {name!r}: seed_input {seed_input!r} is not an input of the model")
+    unfed = set(model_inputs) - fed
+    if unfed:
+        raise PolicyConfigError(f"model {name!r}: inputs {sorted(unfed)} are not in 'observation_map'")
+    unknown = set(output_map.values()) - model_outputs
+    if unknown:
+        raise PolicyConfigError(f"model {name!r}: 'output_map' names unknown outputs {sorted(unknown)}")
+
+    return Policy(
+        name=name, metadata=metadata, inputs=tuple(inputs), outputs=dict(output_map), seed_input=seed_input,
+        stateful="sequence_batching" in config or params.get("stateful", "").lower() == "true",
+        batched=int(config.get("max_batch_size", 0)) > 0,
+    )
