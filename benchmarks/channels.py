@@ -1,17 +1,25 @@
-"""Robot channels without a websocket: a direct Triton gRPC call of the ensemble, and ONNX Runtime on
-the policy core in-process (the floor). Both plug into `openpi_triton.loadgen.fleet.drive_fleet`."""
+"""The side-by-side rows' robot channels: a direct Triton gRPC call of the ensemble, ONNX Runtime on
+the policy core in-process (the floor), and the websocket of a server; each row's factory opens what its
+robots share for one point. They plug into `openpi_triton.loadgen.fleet.drive_fleet`."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
-from concurrent.futures import Executor
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
+from benchmarks.observations import ensemble_inputs, policy_from_triton
+from openpi_triton.loadgen.fleet import Channel, OpenChannel
+from openpi_triton.loadgen.websocket import WebsocketChannel
 from openpi_triton.triton.policy import Policy
 from openpi_triton.triton.tensors import infer_inputs
+
+# Opens the robots' shared resources (a gRPC client, a thread pool) for one point, in its event loop.
+OpenChannelFactory = Callable[[], contextlib.AbstractAsyncContextManager[OpenChannel]]
 
 
 class TritonChannel:
@@ -53,3 +61,51 @@ class OnnxChannel:
 
     async def close(self) -> None:
         return None
+
+
+def websocket_channels(url: str, frames: list[bytes]) -> OpenChannelFactory:
+    @contextlib.asynccontextmanager
+    async def factory() -> AsyncIterator[OpenChannel]:
+        async def open_channel(index: int) -> Channel:
+            return await WebsocketChannel.open(url, frames, index)
+
+        yield open_channel
+
+    return factory
+
+
+def triton_channels(triton_url: str, policy_name: str, observations: list[dict[str, Any]]) -> OpenChannelFactory:
+    policy = policy_from_triton(triton_url, policy_name)
+    pool = [ensemble_inputs(policy, obs) for obs in observations]
+
+    @contextlib.asynccontextmanager
+    async def factory() -> AsyncIterator[OpenChannel]:
+        import tritonclient.grpc.aio as grpcclient
+
+        client = grpcclient.InferenceServerClient(triton_url)  # shared, as the front shares one channel
+        try:
+            async def open_channel(index: int) -> Channel:
+                return TritonChannel(client, policy, pool, index)
+
+            yield open_channel
+        finally:
+            await client.close()
+
+    return factory
+
+
+def onnx_channels(session: Any, robots_max: int) -> OpenChannelFactory:
+    from openpi_policy.export import example_inputs
+
+    inputs = example_inputs(1)
+    session.run(None, inputs)  # first run allocates; not part of any robot's latency
+
+    @contextlib.asynccontextmanager
+    async def factory() -> AsyncIterator[OpenChannel]:
+        with ThreadPoolExecutor(max_workers=robots_max) as executor:
+            async def open_channel(index: int) -> Channel:
+                return OnnxChannel(session, inputs, executor)
+
+            yield open_channel
+
+    return factory

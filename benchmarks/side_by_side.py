@@ -1,6 +1,6 @@
 """`make bench`: one command, one machine, the same model.onnx and transforms, four ways of serving it.
 
-Rows (each with the same robot schedule, see `openpi_triton.loadgen.fleet`):
+Rows (each with the same robot schedule, see `openpi_triton.loadgen.schedule`):
   triton     the ensemble called directly over Triton gRPC (no front); robots = concurrent callers
   front      this project's front (`openpi-triton serve`, its own process) on the same Triton
   reference  OpenPI's reference WebsocketPolicyServer (openpi-server) serving the same policy in-process
@@ -16,28 +16,27 @@ import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks import servers
-from benchmarks.channels import OnnxChannel, TritonChannel
+from benchmarks import channels, servers
+from benchmarks.channels import OpenChannelFactory
 from benchmarks.core_capacity import core_capacity
 from benchmarks.cpu import tree_cpu_seconds
 from benchmarks.front_overhead import paired_added_latency
-from benchmarks.observations import ensemble_inputs, policy_from_triton
 from benchmarks.report import markdown, targets
 from benchmarks.triton_stats import TritonStats, delta
 from openpi_policy.core import OnnxRuntimeCore
 from openpi_triton.config import DEFAULT_MODEL_REPOSITORY, DEFAULT_POLICY, core_onnx_path
 from openpi_triton.example_observations import describe, make_observations
-from openpi_triton.loadgen.fleet import Channel, OpenChannel, Schedule, drive_fleet, parse_robot_counts
+from openpi_triton.loadgen.fleet import drive_fleet
 from openpi_triton.loadgen.machine import machine_info
 from openpi_triton.loadgen.plots import plot_latency_cdf, plot_scaling
+from openpi_triton.loadgen.schedule import Schedule, parse_robot_counts
 from openpi_triton.loadgen.stats import PointResult
-from openpi_triton.loadgen.websocket import WebsocketChannel, encode_observations
+from openpi_triton.loadgen.websocket import encode_observations
 
 ROWS: dict[str, str] = {
     "triton": "Triton gRPC direct",
@@ -103,10 +102,6 @@ class _Window:
         return point
 
 
-# Opens the robots' shared resources (a gRPC client, a thread pool) for one point, in its event loop.
-OpenChannelFactory = Callable[[], contextlib.AbstractAsyncContextManager[OpenChannel]]
-
-
 @dataclass
 class _Row:
     """How to reach one row's server, and which processes to account CPU to."""
@@ -126,54 +121,6 @@ def _run_point(config: SideBySideConfig, name: str, row: _Row, robots: int) -> P
                                      config.warmup_s, config.seed, config.progress, on_window=window)
 
     return window.attach(asyncio.run(point()))
-
-
-def _websocket_channels(url: str, frames: list[bytes]) -> OpenChannelFactory:
-    @contextlib.asynccontextmanager
-    async def factory() -> AsyncIterator[OpenChannel]:
-        async def open_channel(index: int) -> Channel:
-            return await WebsocketChannel.open(url, frames, index)
-
-        yield open_channel
-
-    return factory
-
-
-def _triton_channels(triton_url: str, policy_name: str, observations: list[dict[str, Any]]) -> OpenChannelFactory:
-    policy = policy_from_triton(triton_url, policy_name)
-    pool = [ensemble_inputs(policy, obs) for obs in observations]
-
-    @contextlib.asynccontextmanager
-    async def factory() -> AsyncIterator[OpenChannel]:
-        import tritonclient.grpc.aio as grpcclient
-
-        client = grpcclient.InferenceServerClient(triton_url)  # shared, as the front shares one channel
-        try:
-            async def open_channel(index: int) -> Channel:
-                return TritonChannel(client, policy, pool, index)
-
-            yield open_channel
-        finally:
-            await client.close()
-
-    return factory
-
-
-def _onnx_channels(session: Any, robots_max: int) -> OpenChannelFactory:
-    from openpi_policy.export import example_inputs
-
-    inputs = example_inputs(1)
-    session.run(None, inputs)  # first run allocates; not part of any robot's latency
-
-    @contextlib.asynccontextmanager
-    async def factory() -> AsyncIterator[OpenChannel]:
-        with ThreadPoolExecutor(max_workers=robots_max) as executor:
-            async def open_channel(index: int) -> Channel:
-                return OnnxChannel(session, inputs, executor)
-
-            yield open_channel
-
-    return factory
 
 
 @contextlib.contextmanager
@@ -208,23 +155,23 @@ def run(config: SideBySideConfig) -> dict[str, list[PointResult]]:
         for name in config.rows:
             if name == "triton":
                 assert triton_url is not None
-                setup[name] = _Row(_triton_channels(triton_url, config.policy_name, observations),
+                setup[name] = _Row(channels.triton_channels(triton_url, config.policy_name, observations),
                                    {"triton": triton_pid}, stats)
             elif name == "front":
                 assert triton_url is not None
                 # An embedded Triton (no --triton-url) shares this host: the front uses shared memory.
                 front_url, process = stack.enter_context(
                     servers.front(triton_url, config.policy_name, triton_pid is not None))
-                setup[name] = _Row(_websocket_channels(front_url, frames),
+                setup[name] = _Row(channels.websocket_channels(front_url, frames),
                                    {"front": process.pid, "triton": triton_pid}, stats)
             elif name == "reference":
                 url, process = stack.enter_context(servers.reference_server(config.model_repository,
                                                                             config.policy_name))
-                setup[name] = _Row(_websocket_channels(url, frames), {"reference": process.pid})
+                setup[name] = _Row(channels.websocket_channels(url, frames), {"reference": process.pid})
             else:
                 session = OnnxRuntimeCore(core_onnx_path(config.model_repository)).session
                 capacity = core_capacity(session, config.capacity_batches, config.capacity_rounds)
-                setup[name] = _Row(_onnx_channels(session, max(config.robots)), {})
+                setup[name] = _Row(channels.onnx_channels(session, max(config.robots)), {})
         rows: dict[str, list[PointResult]] = {name: [] for name in config.rows}
         for index, robots in enumerate(config.robots):
             order = config.rows if index % 2 == 0 else config.rows[::-1]

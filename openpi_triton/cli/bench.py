@@ -12,7 +12,7 @@ from pathlib import Path
 from openpi_triton.cli.options import CliError
 from openpi_triton.config import DEFAULT_POLICY
 from openpi_triton.example_observations import FORMATS
-from openpi_triton.loadgen.fleet import Schedule, parse_robot_counts
+from openpi_triton.loadgen.schedule import Schedule, parse_robot_counts
 
 
 def _robot_counts(text: str) -> tuple[int, ...]:

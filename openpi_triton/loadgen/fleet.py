@@ -1,15 +1,6 @@
 """A fleet of simulated robots on one asyncio loop, each asking a policy for action chunks on a schedule.
 
-The schedule (one definition for every benchmark row):
-
-- A robot runs its controller at `rate_hz` and plays `replan_steps` actions of each chunk, so it asks
-  for a new chunk every `period = replan_steps / rate_hz` seconds.
-- It asks as it starts playing those last actions, so the answer must arrive before they run out:
-  **deadline = period** unless `deadline_s` is given. A later answer is a *deadline miss*.
-- One request in flight per robot (the OpenPI client is request/response). When an answer is late,
-  the robot asks again as soon as it arrives (the schedule slips rather than piling up requests).
-- `rate_hz = 0` is closed loop: every robot asks again the moment it has its answer (no deadline
-  unless `deadline_s` is given).
+The schedule of each robot is a `Schedule` (openpi_triton.loadgen.schedule).
 
 Robots start at random phases within one period, so a fleet does not arrive in lockstep. Requests
 sent during `warmup_s` are not recorded; then the window of `duration_s` is measured. Latency is
@@ -31,6 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
+from openpi_triton.loadgen.schedule import Schedule
 from openpi_triton.loadgen.stats import PointResult, latency_summary
 
 MAX_ERROR_MESSAGES = 5
@@ -50,43 +42,6 @@ class Channel(Protocol):
 
 
 OpenChannel = Callable[[int], Awaitable[Channel]]
-
-
-@dataclass(frozen=True)
-class Schedule:
-    rate_hz: float = 10.0
-    replan_steps: int = 5
-    deadline_s: float | None = None
-
-    @property
-    def period_s(self) -> float:
-        return self.replan_steps / self.rate_hz if self.rate_hz > 0 else 0.0
-
-    @property
-    def deadline(self) -> float | None:
-        if self.deadline_s is not None:
-            return self.deadline_s
-        return self.period_s or None
-
-    def describe(self) -> str:
-        if self.rate_hz <= 0:
-            text = "closed loop (each robot asks again as soon as it has its answer)"
-        else:
-            text = (f"{self.rate_hz:g} Hz control, new chunk every {self.replan_steps} steps "
-                    f"(one request per {self.period_s * 1000:.0f} ms per robot)")
-        deadline = self.deadline
-        return text + (f", deadline {deadline * 1000:.0f} ms" if deadline else "")
-
-
-def parse_robot_counts(text: str) -> tuple[int, ...]:
-    """"1,4,16" -> (1, 4, 16); ValueError unless every count is a positive integer."""
-    try:
-        counts = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise ValueError(f"expected comma-separated robot counts such as 1,4,16; got {text!r}") from None
-    if not counts or min(counts) < 1:
-        raise ValueError(f"robot counts must be positive integers; got {text!r}")
-    return counts
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Robot-fleet load generator: N simulated robots, each with its own websocket, against any OpenPI
 server, at one fleet size after another; results as JSON, a table and plots.
 
-The schedule (control rate, replanning, deadline) is defined in `openpi_triton.loadgen.fleet`.
+The schedule (control rate, replanning, deadline) is defined in `openpi_triton.loadgen.schedule`.
 `openpi-triton bench` is the command-line front of `run_sweep`.
 """
 
@@ -15,7 +15,8 @@ from pathlib import Path
 
 from openpi_triton.config import DEFAULT_POLICY
 from openpi_triton.example_observations import describe, make_observations
-from openpi_triton.loadgen.fleet import Schedule, drive_fleet
+from openpi_triton.loadgen.fleet import drive_fleet
+from openpi_triton.loadgen.schedule import Schedule
 from openpi_triton.loadgen.stats import PointResult
 from openpi_triton.loadgen.websocket import WebsocketChannel, encode_observations
 
