@@ -46,7 +46,7 @@ export: $(MODEL_ONNX)
 
 # Re-exported only when the reference policy's code changes (seeded: the same file every time), not
 # when the packages are reinstalled (order-only prerequisite).
-$(MODEL_ONNX): openpi_policy/reference_model.py openpi_policy/export.py openpi_policy/spec.py | $(INSTALLED)
+$(MODEL_ONNX): openpi_policy/reference_model.py openpi_policy/serving.py openpi_policy/export.py openpi_policy/spec.py | $(INSTALLED)
 	$(BIN)/openpi-triton export --output $@
 
 # The side-by-side benchmark (docs/BENCHMARKS.md), in two regimes, each with results, table and plots:

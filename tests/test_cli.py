@@ -56,10 +56,17 @@ def test_norm_stats_with_the_wrong_state_width(repository):
     assert any("droid_preprocess" in p and "8 dims" in p and "has 7" in p for p in problems), problems
 
 
-def test_postprocess_output_shape_disagrees_with_the_horizon(repository):
-    edit(repository / "aloha_postprocess" / "config.pbtxt", '"action_horizon": 50', '"action_horizon": 25')
+def test_action_slice_wider_than_the_action_norm_stats(repository):
+    edit(repository / "libero" / "config.pbtxt", '"slice": [10, 7]', '"slice": [10, 8]')
     problems = check_repository(repository).problems
-    assert any("declared [50, 14] but the postprocess produces [25, 14]" in p for p in problems), problems
+    assert any("libero/config.pbtxt" in p and "slice [10, 8] gives 8 action dims" in p and "has 7 for 'actions'" in p
+               for p in problems), problems
+
+
+def test_action_slice_longer_than_the_core_horizon(repository):
+    edit(repository / "aloha" / "config.pbtxt", '"slice": [50, 14]', '"slice": [60, 14]')
+    problems = check_repository(repository).problems
+    assert any("slice [60, 14] does not fit the output's dims [50, 32]" in p for p in problems), problems
 
 
 def test_ensemble_step_dtype_mismatch(repository):
@@ -151,7 +158,7 @@ def test_adding_a_format_is_data(repository):
 
     from .conftest import front_settings, running_front
 
-    for suffix in ("", "_preprocess", "_postprocess"):
+    for suffix in ("", "_preprocess"):
         shutil.copytree(repository / f"droid{suffix}", repository / f"ur5{suffix}")
         config = repository / f"ur5{suffix}" / "config.pbtxt"
         text = config.read_text().replace("droid", "ur5")
@@ -162,10 +169,7 @@ def test_adding_a_format_is_data(repository):
             text = text.replace(old, new)
         config.write_text(text)
     edit(repository / "ur5" / "config.pbtxt", "observation/", "")
-    edit(repository / "ur5" / "config.pbtxt", "dims: [ 15, 8 ]", "dims: [ 10, 7 ]")
-    edit(repository / "ur5_postprocess" / "config.pbtxt", '"action_horizon": 15, "action_dim": 8',
-         '"action_horizon": 10, "action_dim": 7')
-    edit(repository / "ur5_postprocess" / "config.pbtxt", "dims: [ 15, 8 ]", "dims: [ 10, 7 ]")
+    edit(repository / "ur5" / "config.pbtxt", '"slice": [15, 8]', '"slice": [10, 7]')
     stats = {"mean": [0.0] * 7, "std": [1.0] * 7, "q01": [-1.0] * 7, "q99": [1.0] * 7}
     (repository / "ur5" / "norm_stats.json").write_text(json.dumps({"norm_stats": {"state": stats, "actions": stats}}))
 
