@@ -36,6 +36,9 @@ def _load_models(repository: Path, config_name: str, report: Report) -> dict[str
     for directory in sorted(p for p in repository.iterdir() if p.is_dir()):
         path = config_path(directory, config_name)
         if not path.exists():
+            if not directory.name.startswith("."):
+                report.problems.append(f"{directory}: no config.pbtxt, so tritonserver refuses to start; delete the "
+                                       "directory if it is a model an older checkout left behind (only __pycache__)")
             continue
         try:
             config = read_model_config(path)

@@ -76,6 +76,13 @@ def test_ensemble_step_dtype_mismatch(repository):
     assert any("'state' is ('TYPE_FP64', [8]) but 'libero_preprocess'" in p for p in problems), problems
 
 
+def test_a_model_directory_without_config_is_reported(repository):
+    """What an older checkout leaves of a model removed from git: tritonserver would refuse to start."""
+    (repository / "libero_postprocess" / "1" / "__pycache__").mkdir(parents=True)
+    problems = check_repository(repository).problems
+    assert any("libero_postprocess: no config.pbtxt, so tritonserver refuses to start" in p for p in problems), problems
+
+
 def test_missing_model_onnx(repository):
     (repository / "policy_core" / "1" / "model.onnx").unlink()
     result = cli("check", "--model-repository", str(repository))
