@@ -146,23 +146,6 @@ def norm_table(stats: NormStats, mode: NormMode, width: int) -> np.ndarray:
     return table
 
 
-def _center_scale(stats: NormStats, mode: NormMode) -> tuple[np.ndarray, np.ndarray]:
-    table = norm_table(stats, mode, stats.dim)
-    return table[NORM_ROWS.index("center")], table[NORM_ROWS.index("scale")]
-
-
-def normalize(x: np.ndarray, stats: NormStats, mode: NormMode) -> np.ndarray:
-    """Normalise the last axis of `x` (the robot's own dims) as the core graph does, in NumPy."""
-    center, scale = _center_scale(stats, mode)
-    return (x.astype(np.float32, copy=False) - center) / scale
-
-
-def unnormalize(x: np.ndarray, stats: NormStats, mode: NormMode) -> np.ndarray:
-    """The inverse of `normalize`, as the core graph applies it to the actions."""
-    center, scale = _center_scale(stats, mode)
-    return x.astype(np.float32, copy=False) * scale + center
-
-
 def pad_last_dim(x: np.ndarray, dim: int) -> np.ndarray:
     """Zero-pad (never truncate) the last axis to `dim`, as openpi pads state/actions to the model's width."""
     have = x.shape[-1]

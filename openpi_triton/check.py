@@ -117,17 +117,21 @@ def _check_processing(models: dict[str, tuple[Path, dict]], report: Report) -> d
 
 def _check_action_dims(path: Path, config: dict[str, Any], policy: Policy, preprocessors: dict[str, Preprocessor],
                        report: Report) -> None:
-    """The robot's action dims (the last size of a slice of `actions`) are those of the 'actions' norm stats
-    its preprocess un-normalises with: dims past them would reach the robot still normalised."""
+    """The action dims a robot gets (the last size of the `actions` slice, or of the output without one) are
+    those of the 'actions' norm stats its preprocess un-normalises with: dims past them would reach the
+    robot as the network's padding, never un-normalised."""
+    declared = {name: dims for name, (_, dims) in _tensors(config, "output").items()}
     steps = [step["model_name"] for step in config.get("ensemble_scheduling", {}).get("step", [])]
-    for step in steps:
-        pre = preprocessors.get(step)
-        if pre is None:
-            continue
-        for key, sizes in policy.slices.items():
-            if policy.outputs[key] == "actions" and len(sizes) == 2 and sizes[-1] != pre.action_stats.dim:
-                report.problems.append(f"{path}: output_map {key!r} slice {list(sizes)} gives {sizes[-1]} action "
-                                       f"dims but {pre.config.norm_stats} has {pre.action_stats.dim} for 'actions'")
+    for pre in (preprocessors[step] for step in steps if step in preprocessors):
+        for key, output in policy.outputs.items():
+            if output != "actions" or len(declared.get(output, [])) != 2:
+                continue
+            sizes = list(policy.slices.get(key, ()))
+            dims = sizes + declared[output][len(sizes):]
+            if dims[-1] != pre.action_stats.dim:
+                given = f"slice {sizes}" if key in policy.slices else f"output (no slice) {declared[output]}"
+                report.problems.append(f"{path}: output_map {key!r} {given} gives {dims[-1]} action dims but "
+                                       f"{pre.config.norm_stats} has {pre.action_stats.dim} for 'actions'")
 
 
 def _check_onnx(repository: Path, models: dict[str, tuple[Path, dict]], report: Report) -> None:

@@ -63,6 +63,14 @@ def test_action_slice_wider_than_the_action_norm_stats(repository):
                for p in problems), problems
 
 
+def test_actions_without_a_slice_would_reach_the_robot_padded(repository):
+    edit(repository / "droid" / "config.pbtxt", '''{"actions": {"output": "actions", "slice": [15, 8]}}''',
+         '''{"actions": "actions"}''')
+    problems = check_repository(repository).problems
+    assert any("output (no slice) [50, 32] gives 32 action dims" in p and "has 8 for 'actions'" in p
+               for p in problems), problems
+
+
 def test_action_slice_longer_than_the_core_horizon(repository):
     edit(repository / "aloha" / "config.pbtxt", '"slice": [50, 14]', '"slice": [60, 14]')
     problems = check_repository(repository).problems

@@ -15,11 +15,9 @@ from openpi_policy.transforms import (
     NormStats,
     flow_noise,
     norm_table,
-    normalize,
     pad_last_dim,
     prepare_images,
     resize_with_pad,
-    unnormalize,
 )
 
 
@@ -79,6 +77,18 @@ def test_chw_frames_and_absent_cameras():
 
     absent, mask = prepare_images(np.zeros((2, 3, 0, 0), np.uint8), "CHW")
     assert mask.tolist() == [False, False] and not absent.any()
+
+
+def normalize(x: np.ndarray, stats: NormStats, mode: str) -> np.ndarray:
+    """What the core graph does with the preprocess's table (`openpi_policy.serving.Normalize`)."""
+    center, scale = norm_table(stats, mode, stats.dim)  # type: ignore[arg-type]
+    return (x - center) / scale
+
+
+def unnormalize(y: np.ndarray, stats: NormStats, mode: str) -> np.ndarray:
+    """What the core graph does to the actions (`openpi_policy.serving.Unnormalize`)."""
+    center, scale = norm_table(stats, mode, stats.dim)  # type: ignore[arg-type]
+    return y * scale + center
 
 
 STATS = NormStats(
