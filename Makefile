@@ -13,14 +13,25 @@ EXTRAS := embedded,export,client,bench,dev
 SYSTEM_PACKAGES := libb64-0d
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: serve test install export lint client bench bench-triton system-deps clean
+.PHONY: serve test install export lint client bench bench-triton system-deps stale-models clean
 
-serve: $(MODEL_ONNX)
+serve: $(MODEL_ONNX) stale-models
 	$(BIN)/openpi-triton serve
 
-test: $(MODEL_ONNX) $(STAMPS)/system-deps
+test: $(MODEL_ONNX) $(STAMPS)/system-deps stale-models
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
+
+# A model removed from git (such as the *_postprocess models) leaves its directory behind when Python's
+# ignored bytecode cache is in it, and tritonserver refuses to start on a model directory without a
+# config.pbtxt. Removed here only when nothing but __pycache__ is left in it.
+stale-models:
+	@for dir in model_repository/*/; do \
+		if [ ! -e "$${dir}config.pbtxt" ] && [ -z "$$(find "$$dir" -type f ! -path '*/__pycache__/*' -print -quit)" ]; then \
+			echo "removing $$dir: no config.pbtxt, only __pycache__ left (a model removed from the repository)"; \
+			rm -rf "$$dir"; \
+		fi; \
+	done
 
 install: $(INSTALLED)
 
@@ -46,7 +57,7 @@ export: $(MODEL_ONNX)
 
 # Re-exported only when the reference policy's code changes (seeded: the same file every time), not
 # when the packages are reinstalled (order-only prerequisite).
-$(MODEL_ONNX): openpi_policy/reference_model.py openpi_policy/export.py openpi_policy/spec.py | $(INSTALLED)
+$(MODEL_ONNX): openpi_policy/reference_model.py openpi_policy/serving.py openpi_policy/export.py openpi_policy/spec.py | $(INSTALLED)
 	$(BIN)/openpi-triton export --output $@
 
 # The side-by-side benchmark (docs/BENCHMARKS.md), in two regimes, each with results, table and plots:

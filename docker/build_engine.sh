@@ -11,21 +11,36 @@ onnx=$model_dir/1/model.onnx
 plan=$model_dir/1/model.plan
 config=$model_dir/config.pbtxt
 
-# Per-example shape of every policy-core input (the batch axis is added below). They must match the
-# input dims in config.pbtxt; tests/test_compose.py checks that they do.
-INPUTS=(
-  images:3x3x224x224
-  image_masks:3
-  state:32
-  tokens:48
-  token_mask:48
-  noise:50x32
-)
-
 die() { echo "build_engine: $*" >&2; exit 1; }
 
 [[ -f $onnx ]] || die "$onnx not found. Export it on the host first: make export"
 [[ -f $config ]] || die "$config not found"
+
+# Per-example shape of every policy-core input, name:AxBxC, read from the input block of config.pbtxt
+# so that the engine's profile cannot drift from what Triton feeds it (the batch axis is added below).
+inputs=$(python3 - "$config" <<'PY'
+import re
+import sys
+
+text = re.sub(r"#[^\n]*", "", open(sys.argv[1]).read())
+start = re.search(r"(?<!\w)input\s*\[", text)
+if start is None:
+    sys.exit("no input [ ... ] block")
+depth, end = 0, start.end() - 1
+for end in range(start.end() - 1, len(text)):
+    depth += {"[": 1, "]": -1}.get(text[end], 0)
+    if depth == 0:
+        break
+for entry in re.findall(r"\{[^{}]*\}", text[start.end():end]):
+    name = re.search(r'name:\s*"([^"]+)"', entry)
+    dims = re.search(r"dims:\s*\[([^\]]*)\]", entry)
+    if not (name and dims):
+        sys.exit(f"cannot read an input's name and dims from: {entry.strip()}")
+    print(f"{name.group(1)}:" + "x".join(d.strip() for d in dims.group(1).split(",")))
+PY
+) || die "could not read the inputs of $config"
+mapfile -t INPUTS <<< "$inputs"
+[[ -n $inputs ]] || die "$config declares no inputs"
 
 if [[ -f $plan && $plan -nt $onnx ]]; then
   echo "build_engine: $plan is newer than $onnx, nothing to build (delete the plan to rebuild)"
@@ -50,6 +65,13 @@ shapes() {  # shapes BATCH -> name:BATCHxdims,... for every input
 trtexec=$(command -v trtexec || echo /opt/tensorrt/bin/trtexec)
 [[ -x $trtexec ]] || die "trtexec not found (expected in the nvcr.io/nvidia/tensorrt image)"
 
+# FP16 for the network, but the state's normalisation and the actions' un-normalisation (the ONNX nodes
+# under /serve_state/ and /serve_actions/, see openpi_policy/serving.py) in FP32: FP16 would round a
+# raw state value before centring it (losing |mean| / std times more than rounding the normalised
+# value does) and would leave a joint angle near 3 rad with 2 mrad of resolution. "prefer": where
+# TensorRT cannot honour it, it builds anyway.
+FP32_LAYERS="/serve_state/*:fp32,/serve_actions/*:fp32"
+
 echo "build_engine: $onnx -> $plan (FP16, batch 1..$max_batch, tuned for $opt_batch)"
 # Written to a temporary name and moved into place, so that a failed or interrupted build never
 # leaves a partial plan that is newer than the ONNX and would be skipped next time.
@@ -59,6 +81,8 @@ rm -f "$tmp_plan"
   --onnx="$onnx" \
   --saveEngine="$tmp_plan" \
   --fp16 \
+  --precisionConstraints=prefer \
+  --layerPrecisions="$FP32_LAYERS" \
   --minShapes="$(shapes 1)" \
   --optShapes="$(shapes "$opt_batch")" \
   --maxShapes="$(shapes "$max_batch")" \

@@ -1,2 +1,3 @@
-"""Policy-side library: transforms shared by the Triton python models and the in-process reference,
-the pi0-shaped reference policy and its ONNX export."""
+"""Policy-side library: the preprocess shared by the Triton python models and the in-process reference,
+the pi0-shaped reference policy, the serving wrapper that gives it the core's uint8 interface, and
+their ONNX export."""

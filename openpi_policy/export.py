@@ -1,7 +1,9 @@
-"""Export the reference policy to ONNX (dynamic batch), the file the policy core serves."""
+"""Export the reference policy, inside the serving wrapper, to ONNX (dynamic batch): the file the policy
+core serves."""
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from pathlib import Path
 
@@ -12,14 +14,25 @@ from openpi_policy import spec
 DEFAULT_OPSET = 17
 
 
+def identity_norm(batch: int, dim: int) -> np.ndarray:
+    """A norm table that leaves values as they are: center 0, scale 1 (`spec.NORM_ROWS`)."""
+    table = np.zeros((batch, len(spec.NORM_ROWS), dim), np.float32)
+    table[:, spec.NORM_ROWS.index("scale")] = 1.0
+    return table
+
+
 def example_inputs(batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs with the policy core's names, dtypes and shapes."""
+    """Random inputs with the policy core's names, dtypes and shapes (norm tables: identity)."""
     rng = np.random.default_rng(seed)
     inputs: dict[str, np.ndarray] = {}
     for name, (dtype, shape) in spec.CORE_INPUTS.items():
         full = (batch, *shape)
-        if dtype == "bool":
+        if name in spec.NORM_INPUTS:
+            inputs[name] = identity_norm(batch, shape[-1])
+        elif dtype == "bool":
             inputs[name] = np.ones(full, bool)
+        elif dtype == "uint8":
+            inputs[name] = rng.integers(0, 256, full, dtype=np.uint8)
         elif dtype == "int64":
             inputs[name] = rng.integers(2, 200, full, dtype=np.int64)
         else:
@@ -32,10 +45,15 @@ def export_reference_policy(output: Path, seed: int = 0, opset: int = DEFAULT_OP
     import torch
 
     from openpi_policy.reference_model import build_reference_policy
+    from openpi_policy.serving import ServingPolicy
 
-    model = build_reference_policy(seed)
-    example = tuple(torch.from_numpy(value) for value in example_inputs(batch=2).values())
+    model = ServingPolicy(build_reference_policy(seed)).eval()
     names = list(spec.CORE_INPUTS)
+    # torch.onnx passes the example positionally: the wrapper's parameters must be the spec's names.
+    parameters = list(inspect.signature(model.forward).parameters)
+    if parameters != names:
+        raise TypeError(f"ServingPolicy.forward takes {parameters}, spec.CORE_INPUTS is {names}")
+    example = tuple(torch.from_numpy(value) for value in example_inputs(batch=2).values())
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_suffix(".onnx.tmp")
@@ -54,4 +72,3 @@ def export_reference_policy(output: Path, seed: int = 0, opset: int = DEFAULT_OP
         )
     tmp.replace(output)  # atomic: a half-written model.onnx is never served
     return output
-

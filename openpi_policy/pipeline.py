@@ -1,20 +1,22 @@
-"""Per-format preprocess and postprocess, configured by JSON, on whole batches.
+"""Per-format preprocess, configured by JSON, on whole batches.
 
-`Preprocessor` turns a batch of OpenPI observations (already as named arrays) into the policy
-core's tensors; `Postprocessor` turns the core's action chunks back into the robot's actions.
-The Triton python models wrap these (see `triton_python.py`); the in-process reference pipeline
-(`reference_pipeline.py`) calls the very same objects, so both paths share one implementation.
+`Preprocessor` turns a batch of OpenPI observations (already as named arrays) into the policy core's
+tensors (`spec.CORE_INPUTS`). It keeps only what is specific to a model and a dataset and is not
+tensor math: which observation goes to which camera slot (resized with pad when a camera is not at
+the model's size), the state's layout, tokens (cached per prompt), noise from the seed, and the norm
+stats as tables the core applies. The Triton python model wraps it (see `triton_python.py`); the
+in-process reference pipeline (`reference_pipeline.py`) calls the very same object.
 
-The JSON is the `preprocess` / `postprocess` parameter of the model's `config.pbtxt`:
+The JSON is the `preprocess` parameter of the model's `config.pbtxt`:
 
-    preprocess:  {"cameras": [{"input": "image", "layout": "HWC"}, {"input": "wrist_image"}, null],
-                  "state_inputs": ["state"], "norm_stats": "../libero/norm_stats.json",
-                  "norm_mode": "quantile", "prompt_input": "prompt", "default_prompt": "",
-                  "tokenizer": "bytes", "seed_input": "seed"}
-    postprocess: {"norm_stats": "../libero/norm_stats.json", "norm_mode": "quantile",
-                  "action_horizon": 10, "action_dim": 7}
+    {"cameras": [{"input": "image", "layout": "HWC"}, {"input": "wrist_image"}, null],
+     "state_inputs": ["state"], "norm_stats": "../libero/norm_stats.json", "norm_mode": "quantile",
+     "prompt_input": "prompt", "default_prompt": "", "tokenizer": "bytes", "seed_input": "seed",
+     "prompt_cache": 1024}
 
 Paths are relative to the model's directory. A `null` camera slot is always absent (mask False).
+`norm_stats` must hold `state` (as wide as the state inputs together) and `actions` (as wide as the
+robot's actions: the ensemble's `output_map` slice).
 """
 
 from __future__ import annotations
@@ -28,16 +30,15 @@ from typing import Any
 import numpy as np
 
 from openpi_policy import spec
-from openpi_policy.tokenizer import load_tokenizer, tokenize_prompts
+from openpi_policy.tokenizer import PromptCache, load_tokenizer
 from openpi_policy.transforms import (
     NormMode,
     NormStats,
+    camera_into,
     flow_noise,
     load_norm_stats,
-    normalize,
+    norm_table,
     pad_last_dim,
-    prepare_images,
-    unnormalize,
 )
 
 Batch = Mapping[str, np.ndarray]
@@ -59,6 +60,7 @@ class PreprocessConfig:
     default_prompt: str = ""
     tokenizer: str = "bytes"
     seed_input: str = "seed"
+    prompt_cache: int = 1024  # prompts whose tokens are kept (least recently used dropped first)
     base_dir: Path = field(default=Path("."))
 
     @classmethod
@@ -77,19 +79,6 @@ class PreprocessConfig:
             base_dir=base_dir,
             **raw,
         )
-
-
-@dataclass(frozen=True)
-class PostprocessConfig:
-    norm_stats: Path
-    action_horizon: int
-    action_dim: int
-    norm_mode: NormMode = "quantile"
-
-    @classmethod
-    def from_json(cls, text: str | Mapping[str, Any], base_dir: Path) -> PostprocessConfig:
-        raw = json.loads(text) if isinstance(text, str) else dict(text)
-        return cls(norm_stats=base_dir / raw.pop("norm_stats"), **raw)
 
 
 def model_parameter(model_config: Mapping[str, Any], key: str) -> str:
@@ -117,7 +106,15 @@ class Preprocessor:
     def __init__(self, config: PreprocessConfig) -> None:
         self.config = config
         self.state_stats = _stats(config.norm_stats, "state")
-        self.tokenizer = load_tokenizer(config.tokenizer, config.base_dir)
+        self.action_stats = _stats(config.norm_stats, "actions")
+        if self.action_stats.dim > spec.ACTION_DIM:
+            raise ValueError(f"{config.norm_stats}: 'actions' has {self.action_stats.dim} dims, "
+                             f"the policy core {spec.ACTION_DIM}")
+        # The same for every request of this format: computed once, sent with each request (256 bytes).
+        self.state_norm = norm_table(self.state_stats, config.norm_mode, spec.STATE_DIM)
+        self.action_norm = norm_table(self.action_stats, config.norm_mode, spec.ACTION_DIM)
+        self.prompts = PromptCache(load_tokenizer(config.tokenizer, config.base_dir), spec.MAX_TOKEN_LEN,
+                                   config.prompt_cache)
 
     @classmethod
     def from_model_config(cls, model_config: Mapping[str, Any], model_dir: Path) -> Preprocessor:
@@ -136,37 +133,37 @@ class Preprocessor:
         """Process several requests (each with its own leading batch axis) as one batch."""
         sizes = [len(request[self.config.seed_input]) for request in requests]
         total = sum(sizes)
-        images = np.zeros((total, spec.NUM_CAMERAS, 3, spec.IMAGE_SIZE, spec.IMAGE_SIZE), np.float32)
+        images = np.zeros((total, spec.NUM_CAMERAS, spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3), np.uint8)
         masks = np.zeros((total, spec.NUM_CAMERAS), bool)
         for slot, camera in enumerate(self.config.cameras):
-            if camera is not None:
-                images[:, slot], masks[:, slot] = self._camera(requests, camera)
+            if camera is None:
+                continue
+            start = 0
+            for request, size in zip(requests, sizes, strict=True):
+                # Request by request, straight into the batch: no concatenated copy, and requests whose
+                # frames differ in size (or lack this camera) need no special case.
+                window = slice(start, start + size)
+                masks[window, slot] = camera_into(images[window, slot], request[camera.input], camera.layout)
+                start += size
 
         state = np.concatenate(
             [_concat([r[name] for r in requests]) for name in self.config.state_inputs], axis=-1
-        ).astype(np.float32)
+        ).astype(np.float32, copy=False)
         if state.shape[-1] != self.state_stats.dim:
             raise ValueError(f"state has {state.shape[-1]} dims but the norm stats have {self.state_stats.dim}")
-        state = pad_last_dim(normalize(state, self.state_stats, self.config.norm_mode), spec.STATE_DIM)
 
-        tokens, token_mask = tokenize_prompts(self._prompts(requests, total), self.tokenizer, spec.MAX_TOKEN_LEN)
+        tokens, token_mask = self.prompts(self._prompts(requests, total))
         seeds = _concat([r[self.config.seed_input] for r in requests])
         return {
             "images": images,
             "image_masks": masks,
-            "state": np.ascontiguousarray(state, np.float32),
+            "state": np.ascontiguousarray(pad_last_dim(state, spec.STATE_DIM)),
+            "state_norm": np.repeat(self.state_norm[None], total, axis=0),
             "tokens": tokens,
             "token_mask": token_mask,
             "noise": flow_noise(seeds, spec.ACTION_HORIZON, spec.ACTION_DIM),
+            "action_norm": np.repeat(self.action_norm[None], total, axis=0),
         }
-
-    def _camera(self, requests: Sequence[Batch], camera: Camera) -> tuple[np.ndarray, np.ndarray]:
-        frames = [r[camera.input] for r in requests]
-        if len({frame.shape for frame in frames}) == 1:
-            return prepare_images(_concat(frames), camera.layout)
-        # Requests with different frame sizes (or an absent camera in some) are prepared apart.
-        prepared = [prepare_images(frame, camera.layout) for frame in frames]
-        return _concat([p[0] for p in prepared]), _concat([p[1] for p in prepared])
 
     def _prompts(self, requests: Sequence[Batch], total: int) -> list[str]:
         name = self.config.prompt_input
@@ -177,26 +174,3 @@ class Preprocessor:
             text = value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
             prompts.append(text if text.strip() else self.config.default_prompt)
         return prompts
-
-
-class Postprocessor:
-    """Policy-core action chunks [B, 50, 32] -> the robot's actions [B, horizon, dim], un-normalised."""
-
-    def __init__(self, config: PostprocessConfig) -> None:
-        self.config = config
-        self.action_stats = _stats(config.norm_stats, "actions")
-        if self.action_stats.dim != config.action_dim:
-            raise ValueError(
-                f"action_dim is {config.action_dim} but the 'actions' norm stats have {self.action_stats.dim} dims"
-            )
-        if not 0 < config.action_horizon <= spec.ACTION_HORIZON:
-            raise ValueError(f"action_horizon must be in 1..{spec.ACTION_HORIZON}, got {config.action_horizon}")
-
-    @classmethod
-    def from_model_config(cls, model_config: Mapping[str, Any], model_dir: Path) -> Postprocessor:
-        """From the `postprocess` parameter of a model config; paths are relative to `model_dir`."""
-        return cls(PostprocessConfig.from_json(model_parameter(model_config, "postprocess"), model_dir))
-
-    def __call__(self, actions: np.ndarray) -> np.ndarray:
-        sliced = actions[:, : self.config.action_horizon, : self.config.action_dim]
-        return np.ascontiguousarray(unnormalize(sliced, self.action_stats, self.config.norm_mode), np.float32)

@@ -8,6 +8,7 @@ through `SentencePieceTokenizer`; select it with the preprocess parameter
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -81,3 +82,47 @@ def tokenize_prompts(
         ids[row, : len(tokens)] = tokens
         mask[row, : len(tokens)] = True
     return ids, mask
+
+
+class PromptCache:
+    """`tokenize_prompts` with a bounded LRU cache per prompt: a robot sends the same prompt for a whole
+    episode, so after its first step the tokens are a lookup, whatever the tokenizer costs.
+
+    Holds at most `max_prompts` prompts (least recently used ones are dropped); the cached rows are
+    read-only, so no caller can change what a later request gets.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, max_len: int, max_prompts: int = 1024) -> None:
+        if max_prompts < 1:
+            raise ValueError(f"max_prompts must be at least 1, got {max_prompts}")
+        self.tokenizer, self.max_len, self.max_prompts = tokenizer, max_len, max_prompts
+        self._rows: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def row(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids [max_len], mask [max_len]) of one prompt, read-only."""
+        cached = self._rows.get(prompt)
+        if cached is not None:
+            self._rows.move_to_end(prompt)
+            self.hits += 1
+            return cached
+        self.misses += 1
+        ids, mask = tokenize_prompts([prompt], self.tokenizer, self.max_len)
+        cached = (ids[0], mask[0])
+        for array in cached:
+            array.flags.writeable = False
+        self._rows[prompt] = cached
+        if len(self._rows) > self.max_prompts:
+            self._rows.popitem(last=False)
+        return cached
+
+    def __call__(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Like `tokenize_prompts`: (int64 ids [B, max_len], bool mask [B, max_len]), new arrays."""
+        ids = np.empty((len(prompts), self.max_len), np.int64)
+        mask = np.empty((len(prompts), self.max_len), bool)
+        for index, prompt in enumerate(prompts):
+            ids[index], mask[index] = self.row(prompt)
+        return ids, mask

@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from openpi_policy.spec import IMAGE_SIZE
+from openpi_policy.spec import IMAGE_SIZE, NORM_ROWS
 
 NORM_EPS = 1e-6
 
@@ -49,25 +49,39 @@ def resize_with_pad(image: np.ndarray, height: int = IMAGE_SIZE, width: int = IM
     return out
 
 
+def camera_into(out: np.ndarray, frames: np.ndarray, layout: Literal["HWC", "CHW"] = "HWC") -> np.ndarray:
+    """Write a batch of uint8 camera frames into `out` (uint8 [B, size, size, 3], the core's HWC layout)
+    and return the per-item mask.
+
+    `frames` is [B, H, W, 3] (or [B, 3, H, W] for CHW cameras such as ALOHA's). Frames already at
+    the model's size, the usual case, are only copied (a CHW frame one channel at a time, which numpy
+    does 7x faster than one strided transpose); the others are resized with pad. An empty frame (H or W
+    of 0) means the camera is absent: `out` keeps its zeros and the mask is False, and the policy never
+    attends to it.
+    """
+    batch, size = out.shape[0], out.shape[1]
+    height, width = (frames.shape[2:4] if layout == "CHW" else frames.shape[1:3])
+    if height == 0 or width == 0:
+        return np.zeros(batch, bool)
+    if (height, width) == (size, size):
+        if layout == "CHW":
+            for channel in range(3):
+                out[..., channel] = frames[:, channel]
+        else:
+            out[...] = frames
+    else:
+        hwc = np.moveaxis(frames, -3, -1) if layout == "CHW" else frames
+        for item, frame in enumerate(hwc):
+            out[item] = resize_with_pad(frame, size, size)
+    return np.ones(batch, bool)
+
+
 def prepare_images(
     images: np.ndarray, layout: Literal["HWC", "CHW"] = "HWC", size: int = IMAGE_SIZE
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Turn a batch of uint8 camera frames into the policy's float CHW input and a per-item mask.
-
-    `images` is [B, H, W, 3] (or [B, 3, H, W] for CHW cameras such as ALOHA's). An empty frame
-    (H or W of 0) means the camera is absent: it becomes a zero image with mask False.
-    Returns (float32 [B, 3, size, size] in [-1, 1], bool [B]).
-    """
-    if layout == "CHW":
-        images = np.moveaxis(images, -3, -1)
-    batch, height, width = images.shape[:3]
-    if height == 0 or width == 0:
-        return np.zeros((batch, 3, size, size), np.float32), np.zeros(batch, bool)
-    if (height, width) != (size, size):
-        # PIL works one frame at a time; already-sized frames (the common case) skip this.
-        images = np.stack([resize_with_pad(image, size, size) for image in images])
-    scaled = images.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
-    return np.ascontiguousarray(scaled.transpose(0, 3, 1, 2)), np.ones(batch, bool)
+    """One camera's batch of frames -> (uint8 [B, size, size, 3], bool mask [B]); see `camera_into`."""
+    out = np.zeros((images.shape[0], size, size, 3), np.uint8)
+    return out, camera_into(out, images, layout)
 
 
 # --- normalisation --------------------------------------------------------------------------
@@ -108,24 +122,28 @@ def load_norm_stats(path: str | Path) -> dict[str, NormStats]:
     return {key: NormStats.from_json(value) for key, value in table.items()}
 
 
-def normalize(x: np.ndarray, stats: NormStats, mode: NormMode) -> np.ndarray:
-    """Normalise the last axis of `x` (the robot's own dims) with OpenPI's z-score or quantile formula."""
-    x = x.astype(np.float32, copy=False)
-    if mode == "zscore":
-        return (x - stats.mean) / (stats.std + NORM_EPS)
-    if mode == "quantile":
-        return (x - stats.q01) / (stats.q99 - stats.q01 + NORM_EPS) * 2.0 - 1.0
-    raise ValueError(f"unknown normalisation mode {mode!r}: use 'zscore' or 'quantile'")
+def norm_table(stats: NormStats, mode: NormMode, width: int) -> np.ndarray:
+    """The core's norm input for these stats: float32 [2, width], rows `spec.NORM_ROWS` (center, scale).
 
-
-def unnormalize(x: np.ndarray, stats: NormStats, mode: NormMode) -> np.ndarray:
-    """The inverse of `normalize`."""
-    x = x.astype(np.float32, copy=False)
+    normalised = (x - center) / scale is openpi's z-score `(x - mean) / (std + eps)` (center = mean,
+    scale = std + eps) and its quantile `(x - q01) / (q99 - q01 + eps) * 2 - 1` (center = the
+    midpoint, scale = half the range). Subtracting the center before scaling keeps float32 precision
+    where |mean| is large against std. Dimensions past the stats' (padding) get center 0, scale 1.
+    """
+    if width < stats.dim:
+        raise ValueError(f"norm stats have {stats.dim} dims, more than the model's {width}")
     if mode == "zscore":
-        return x * (stats.std + NORM_EPS) + stats.mean
-    if mode == "quantile":
-        return (x + 1.0) / 2.0 * (stats.q99 - stats.q01 + NORM_EPS) + stats.q01
-    raise ValueError(f"unknown normalisation mode {mode!r}: use 'zscore' or 'quantile'")
+        center, scale = stats.mean, stats.std + np.float32(NORM_EPS)
+    elif mode == "quantile":
+        half = (stats.q99.astype(np.float64) - stats.q01 + NORM_EPS) / 2.0
+        center, scale = stats.q01 + half, half
+    else:
+        raise ValueError(f"unknown normalisation mode {mode!r}: use 'zscore' or 'quantile'")
+    table = np.zeros((len(NORM_ROWS), width), np.float32)
+    table[NORM_ROWS.index("scale")] = 1.0
+    table[NORM_ROWS.index("center"), : stats.dim] = center
+    table[NORM_ROWS.index("scale"), : stats.dim] = scale
+    return table
 
 
 def pad_last_dim(x: np.ndarray, dim: int) -> np.ndarray:
@@ -135,8 +153,9 @@ def pad_last_dim(x: np.ndarray, dim: int) -> np.ndarray:
         raise ValueError(f"cannot pad {have} dims down to {dim}")
     if have == dim:
         return x
-    pad = [(0, 0)] * (x.ndim - 1) + [(0, dim - have)]
-    return np.pad(x, pad)
+    out = np.zeros((*x.shape[:-1], dim), x.dtype)  # np.pad: 16 µs per call here; this: 1 µs
+    out[..., :have] = x
+    return out
 
 
 # --- noise ----------------------------------------------------------------------------------

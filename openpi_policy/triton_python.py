@@ -18,7 +18,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from openpi_policy.core import OnnxRuntimeCore
-from openpi_policy.pipeline import Postprocessor, Preprocessor
+from openpi_policy.pipeline import Preprocessor
 
 
 def _model_dir(args: dict[str, str]) -> Path:
@@ -60,17 +60,6 @@ class PreprocessModel:
         return _run_batched(requests, self.preprocessor.input_names, self.output_names, self.preprocessor)
 
 
-class PostprocessModel:
-    def initialize(self, args: dict[str, str]) -> None:
-        self.postprocessor = Postprocessor.from_model_config(json.loads(args["model_config"]), _model_dir(args))
-
-    def execute(self, requests: Sequence[Any]) -> list[Any]:
-        def work(inputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-            return {"actions": self.postprocessor(np.concatenate([i["actions"] for i in inputs]))}
-
-        return _run_batched(requests, ["actions"], ["actions"], work)
-
-
 class OnnxRuntimeModel:
     """The policy core on CPU: `model.onnx` in ONNX Runtime, one session run per `execute`."""
 
@@ -79,6 +68,8 @@ class OnnxRuntimeModel:
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
         def work(inputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+            if len(inputs) == 1:  # a lone robot: its tensors as they are, no concatenated copy
+                return {"actions": self.core(inputs[0])}
             feeds = {name: np.concatenate([i[name] for i in inputs]) for name in self.core.input_names}
             return {"actions": self.core(feeds)}
 

@@ -1,9 +1,10 @@
 """`openpi-triton check`: find what is wrong with a model repository before Triton or a robot does.
 
 Checks every policy (a model whose config has `policy_server_config`): its parameters parse as the
-front will read them, each ensemble step's tensors exist with the same dtype and shape on both
-sides, the pre/post-processing settings load (norm stats included) and agree with the declared
-shapes, and the policy core's model.onnx matches its config.
+front will read them (an `output_map` slice fits the output), each ensemble step's tensors exist with
+the same dtype and shape on both sides, the preprocess settings load (norm stats included) and agree
+with the declared state inputs and with the action dims the robot gets (the slice), and the policy
+core's model.onnx matches its config.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from openpi_policy.pipeline import Postprocessor, Preprocessor
+from openpi_policy.pipeline import Preprocessor
 from openpi_triton.config import CPU_CONFIG_NAME, core_onnx_path
-from openpi_triton.triton.policy import PolicyConfigError, is_policy, policy_from_config
+from openpi_triton.triton.policy import Policy, PolicyConfigError, is_policy, policy_from_config
 from openpi_triton.triton.repository import config_path, read_model_config
 
 ONNX_TYPES = {1: "TYPE_FP32", 2: "TYPE_UINT8", 7: "TYPE_INT64", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64"}
@@ -35,6 +36,9 @@ def _load_models(repository: Path, config_name: str, report: Report) -> dict[str
     for directory in sorted(p for p in repository.iterdir() if p.is_dir()):
         path = config_path(directory, config_name)
         if not path.exists():
+            if not directory.name.startswith("."):
+                report.problems.append(f"{directory}: no config.pbtxt, so tritonserver refuses to start; delete the "
+                                       "directory if it is a model an older checkout left behind (only __pycache__)")
             continue
         try:
             config = read_model_config(path)
@@ -84,30 +88,50 @@ def _parameter(config: dict[str, Any], key: str) -> str | None:
     return config.get("parameters", {}).get(key, {}).get("string_value")
 
 
-def _check_processing(models: dict[str, tuple[Path, dict]], report: Report) -> None:
-    """Load every pre/post-processing model's settings as Triton would, then compare shapes."""
-    for path, config in models.values():
-        base = path.parent if path.parent.name != "configs" else path.parent.parent
+def _model_dir(path: Path) -> Path:
+    return path.parent if path.parent.name != "configs" else path.parent.parent
+
+
+def _check_processing(models: dict[str, tuple[Path, dict]], report: Report) -> dict[str, Preprocessor]:
+    """Load every preprocess model's settings as Triton would, then compare shapes; returns them by model."""
+    loaded = {}
+    for name, (path, config) in models.items():
+        if _parameter(config, "preprocess") is None:
+            continue
         try:
-            if _parameter(config, "preprocess") is not None:
-                pre = Preprocessor.from_model_config(config, base)
-                inputs = _tensors(config, "input")
-                state_dims = sum(inputs[i][1][-1] for i in pre.config.state_inputs if i in inputs)
-                missing = [i for i in pre.input_names if i not in inputs]
-                if missing:
-                    report.problems.append(f"{path}: preprocess reads inputs {missing} the config does not declare")
-                elif state_dims != pre.state_stats.dim:
-                    report.problems.append(f"{path}: state inputs have {state_dims} dims but "
-                                           f"{pre.config.norm_stats} has {pre.state_stats.dim} for 'state'")
-            if _parameter(config, "postprocess") is not None:
-                post = Postprocessor.from_model_config(config, base)
-                declared = _tensors(config, "output").get("actions", ("", []))[1]
-                wanted = [post.config.action_horizon, post.config.action_dim]
-                if declared != wanted:
-                    report.problems.append(f"{path}: output 'actions' is declared {declared} but the "
-                                           f"postprocess produces {wanted} (action_horizon, action_dim)")
+            pre = Preprocessor.from_model_config(config, _model_dir(path))
         except (ValueError, KeyError, TypeError, OSError) as error:
             report.problems.append(f"{path}: {type(error).__name__}: {error}")
+            continue
+        loaded[name] = pre
+        inputs = _tensors(config, "input")
+        state_dims = sum(inputs[i][1][-1] for i in pre.config.state_inputs if i in inputs)
+        missing = [i for i in pre.input_names if i not in inputs]
+        if missing:
+            report.problems.append(f"{path}: preprocess reads inputs {missing} the config does not declare")
+        elif state_dims != pre.state_stats.dim:
+            report.problems.append(f"{path}: state inputs have {state_dims} dims but "
+                                   f"{pre.config.norm_stats} has {pre.state_stats.dim} for 'state'")
+    return loaded
+
+
+def _check_action_dims(path: Path, config: dict[str, Any], policy: Policy, preprocessors: dict[str, Preprocessor],
+                       report: Report) -> None:
+    """The action dims a robot gets (the last size of the `actions` slice, or of the output without one) are
+    those of the 'actions' norm stats its preprocess un-normalises with: dims past them would reach the
+    robot as the network's padding, never un-normalised."""
+    declared = {name: dims for name, (_, dims) in _tensors(config, "output").items()}
+    steps = [step["model_name"] for step in config.get("ensemble_scheduling", {}).get("step", [])]
+    for pre in (preprocessors[step] for step in steps if step in preprocessors):
+        for key, output in policy.outputs.items():
+            if output != "actions" or len(declared.get(output, [])) != 2:
+                continue
+            sizes = list(policy.slices.get(key, ()))
+            dims = sizes + declared[output][len(sizes):]
+            if dims[-1] != pre.action_stats.dim:
+                given = f"slice {sizes}" if key in policy.slices else f"output (no slice) {declared[output]}"
+                report.problems.append(f"{path}: output_map {key!r} {given} gives {dims[-1]} action dims but "
+                                       f"{pre.config.norm_stats} has {pre.action_stats.dim} for 'actions'")
 
 
 def _check_onnx(repository: Path, models: dict[str, tuple[Path, dict]], report: Report) -> None:
@@ -142,18 +166,21 @@ def check_repository(repository: Path, config_name: str = CPU_CONFIG_NAME) -> Re
         report.problems.append(f"{repository}: no such directory")
         return report
     models = _load_models(repository, config_name, report)
+    preprocessors = _check_processing(models, report)
     for name, (path, config) in models.items():
         if not is_policy(config):
             continue
         try:
-            policy_from_config(config)
+            policy = policy_from_config(config)
             report.policies.append(name)
         except PolicyConfigError as error:
             report.problems.append(f"{path}: {error}")
+            policy = None
         if config.get("platform") == "ensemble":
             _check_ensemble(path, config, models, report)
+            if policy is not None:
+                _check_action_dims(path, config, policy, preprocessors, report)
     if not report.policies and not report.problems:
         report.problems.append(f"{repository}: no model has a 'policy_server_config' parameter, so nothing is served")
-    _check_processing(models, report)
     _check_onnx(repository, models, report)
     return report

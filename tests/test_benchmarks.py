@@ -14,12 +14,20 @@ import pytest
 from benchmarks.front_overhead import measure_layers
 from benchmarks.perf_triton import Sweep, input_data
 from benchmarks.perf_triton import run as run_perf_analyzer
+from benchmarks.python_steps import measure as measure_python_steps
 from benchmarks.side_by_side import ROWS, SideBySideConfig, run
 from openpi_triton.cli import bench as bench_command
 from openpi_triton.example_observations import make_observations
 from openpi_triton.triton.repository import policy_from_repository
 
 from .conftest import MODEL_REPOSITORY
+
+
+@pytest.mark.integration
+def test_python_steps_compares_the_shipped_ensemble_with_a_slicing_step(model_onnx):
+    result = measure_python_steps(MODEL_REPOSITORY, "aloha", "aloha", calls=2, warmup=1)
+    assert result["one_python_step_p50_ms"] > 0 and result["two_python_steps_p50_ms"] > 0
+    assert result["extra_step_triton_ms_per_request"] > 0  # the slicing step ran, and Triton timed it
 
 
 @pytest.mark.integration

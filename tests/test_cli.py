@@ -56,10 +56,25 @@ def test_norm_stats_with_the_wrong_state_width(repository):
     assert any("droid_preprocess" in p and "8 dims" in p and "has 7" in p for p in problems), problems
 
 
-def test_postprocess_output_shape_disagrees_with_the_horizon(repository):
-    edit(repository / "aloha_postprocess" / "config.pbtxt", '"action_horizon": 50', '"action_horizon": 25')
+def test_action_slice_wider_than_the_action_norm_stats(repository):
+    edit(repository / "libero" / "config.pbtxt", '"slice": [10, 7]', '"slice": [10, 8]')
     problems = check_repository(repository).problems
-    assert any("declared [50, 14] but the postprocess produces [25, 14]" in p for p in problems), problems
+    assert any("libero/config.pbtxt" in p and "slice [10, 8] gives 8 action dims" in p and "has 7 for 'actions'" in p
+               for p in problems), problems
+
+
+def test_actions_without_a_slice_would_reach_the_robot_padded(repository):
+    edit(repository / "droid" / "config.pbtxt", '''{"actions": {"output": "actions", "slice": [15, 8]}}''',
+         '''{"actions": "actions"}''')
+    problems = check_repository(repository).problems
+    assert any("output (no slice) [50, 32] gives 32 action dims" in p and "has 8 for 'actions'" in p
+               for p in problems), problems
+
+
+def test_action_slice_longer_than_the_core_horizon(repository):
+    edit(repository / "aloha" / "config.pbtxt", '"slice": [50, 14]', '"slice": [60, 14]')
+    problems = check_repository(repository).problems
+    assert any("slice [60, 14] does not fit the output's dims [50, 32]" in p for p in problems), problems
 
 
 def test_ensemble_step_dtype_mismatch(repository):
@@ -67,6 +82,13 @@ def test_ensemble_step_dtype_mismatch(repository):
          '{ name: "state" data_type: TYPE_FP64 dims: [ 8 ] }')
     problems = check_repository(repository).problems
     assert any("'state' is ('TYPE_FP64', [8]) but 'libero_preprocess'" in p for p in problems), problems
+
+
+def test_a_model_directory_without_config_is_reported(repository):
+    """What an older checkout leaves of a model removed from git: tritonserver would refuse to start."""
+    (repository / "libero_postprocess" / "1" / "__pycache__").mkdir(parents=True)
+    problems = check_repository(repository).problems
+    assert any("libero_postprocess: no config.pbtxt, so tritonserver refuses to start" in p for p in problems), problems
 
 
 def test_missing_model_onnx(repository):
@@ -151,7 +173,7 @@ def test_adding_a_format_is_data(repository):
 
     from .conftest import front_settings, running_front
 
-    for suffix in ("", "_preprocess", "_postprocess"):
+    for suffix in ("", "_preprocess"):
         shutil.copytree(repository / f"droid{suffix}", repository / f"ur5{suffix}")
         config = repository / f"ur5{suffix}" / "config.pbtxt"
         text = config.read_text().replace("droid", "ur5")
@@ -162,10 +184,7 @@ def test_adding_a_format_is_data(repository):
             text = text.replace(old, new)
         config.write_text(text)
     edit(repository / "ur5" / "config.pbtxt", "observation/", "")
-    edit(repository / "ur5" / "config.pbtxt", "dims: [ 15, 8 ]", "dims: [ 10, 7 ]")
-    edit(repository / "ur5_postprocess" / "config.pbtxt", '"action_horizon": 15, "action_dim": 8',
-         '"action_horizon": 10, "action_dim": 7')
-    edit(repository / "ur5_postprocess" / "config.pbtxt", "dims: [ 15, 8 ]", "dims: [ 10, 7 ]")
+    edit(repository / "ur5" / "config.pbtxt", '"slice": [15, 8]', '"slice": [10, 7]')
     stats = {"mean": [0.0] * 7, "std": [1.0] * 7, "q01": [-1.0] * 7, "q99": [1.0] * 7}
     (repository / "ur5" / "norm_stats.json").write_text(json.dumps({"norm_stats": {"state": stats, "actions": stats}}))
 

@@ -261,6 +261,52 @@ def test_engine_profile_covers_every_policy_core_input(tmp_path, max_batch_size)
 
 
 @needs_bash
+def test_engine_profile_is_read_from_the_config(tmp_path):
+    """No second list of shapes to keep in step: a changed config.pbtxt changes the profile."""
+    build = EngineBuild(tmp_path)
+    config = build.model_dir / "config.pbtxt"
+    text = config.read_text()
+    old = '{ name: "images" data_type: TYPE_UINT8 dims: [ 3, 224, 224, 3 ] }'
+    assert old in text
+    config.write_text(text.replace(old, '{ name: "images" data_type: TYPE_UINT8 dims: [ 2, 256, 256, 3 ] },\n'
+                                        '  { name: "depth" data_type: TYPE_FP32 dims: [ 64 ] }'))
+    result = build.run()
+    assert result.returncode == 0, result.stderr
+    shapes = _shapes(build.trtexec_args()["--maxShapes"])
+    assert shapes["images"] == [16, 2, 256, 256, 3] and shapes["depth"] == [16, 64]
+    assert shapes["state_norm"] == [16, 2, 32]  # the other inputs still there
+
+
+@needs_bash
+def test_fp32_layers_name_the_serving_steps_of_the_exported_graph(tmp_path, model_onnx):
+    """The FP16 engine keeps the state and action normalisation in FP32 by ONNX node name (TensorRT names
+    its layers after the ONNX nodes): each pattern must match nodes of the exported graph, and the
+    arithmetic on the raw state and on the un-normalised actions must be among them."""
+    import onnx
+
+    from openpi_policy.serving import FP32_STEPS
+
+    build = EngineBuild(tmp_path)
+    assert build.run().returncode == 0
+    args = build.trtexec_args()
+    assert args["--precisionConstraints"] in ("prefer", "obey")
+    patterns = [spec.rsplit(":", 1) for spec in args["--layerPrecisions"].split(",")]
+    assert all(precision == "fp32" and name.endswith("*") for name, precision in patterns)
+    prefixes = [name[:-1] for name, _ in patterns]
+    assert prefixes == [f"/{step}/" for step in FP32_STEPS]
+
+    graph = onnx.load(str(model_onnx), load_external_data=False).graph
+    covered = [node for node in graph.node if node.name.startswith(tuple(prefixes))]
+    for prefix in prefixes:
+        assert any(node.name.startswith(prefix) and node.op_type in ("Sub", "Div", "Mul", "Add") for node in covered)
+    readers = {node.name for node in graph.node
+               if {"state", "state_norm", "action_norm"} & set(node.input) and node.op_type != "Shape"}
+    assert readers and all(name.startswith(tuple(prefixes)) for name in readers), readers
+    (last,) = [node for node in graph.node if "actions" in node.output]
+    assert last.name.startswith(f"/{FP32_STEPS[-1]}/")
+
+
+@needs_bash
 def test_engine_build_is_skipped_while_the_plan_is_newer(tmp_path):
     build = EngineBuild(tmp_path)
     assert build.run().returncode == 0

@@ -96,9 +96,8 @@ def norm_stats(name: str) -> dict:
     return json.loads((MODEL_REPOSITORY / name / "norm_stats.json").read_text())["norm_stats"]
 
 
-def expected_image(frame_hwc: np.ndarray) -> np.ndarray:
-    resized = image_tools.resize_with_pad(frame_hwc, 224, 224)  # openpi's own implementation
-    return (resized.astype(np.float32) / 255.0 * 2.0 - 1.0).transpose(2, 0, 1)
+def expected_frame(frame_hwc: np.ndarray) -> np.ndarray:
+    return image_tools.resize_with_pad(frame_hwc, 224, 224)  # openpi's own implementation
 
 
 def expected_tokens(prompt: str) -> np.ndarray:
@@ -106,10 +105,17 @@ def expected_tokens(prompt: str) -> np.ndarray:
     return np.array(ids + [0] * (48 - len(ids)))
 
 
+def normalised_state(out: dict[str, np.ndarray]) -> np.ndarray:
+    """What the core graph makes of the preprocess's raw state and its norm table."""
+    center, scale = out["state_norm"]
+    return (out["state"] - center) / scale
+
+
 def run_preprocess(triton, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     client = grpcclient.InferenceServerClient(triton.grpc_url)
     result = client.infer(model, infer_inputs(inputs))
-    return {name: result.as_numpy(name)[0] for name in ("images", "image_masks", "state", "tokens", "token_mask")}
+    names = ("images", "image_masks", "state", "state_norm", "tokens", "token_mask", "action_norm")
+    return {name: result.as_numpy(name)[0] for name in names}
 
 
 def test_droid_preprocess_resizes_raw_frames_like_openpi(triton):
@@ -122,16 +128,27 @@ def test_droid_preprocess_resizes_raw_frames_like_openpi(triton):
         "prompt": np.array([[obs["prompt"].encode()]], dtype=object),
         "seed": np.array([[0]], np.int64),
     })
-    np.testing.assert_allclose(out["images"][0], expected_image(obs["observation/exterior_image_1_left"]), atol=1e-6)
-    np.testing.assert_allclose(out["images"][1], expected_image(obs["observation/wrist_image_left"]), atol=1e-6)
+    assert out["images"].dtype == np.uint8 and out["images"].shape == (3, 224, 224, 3)
+    np.testing.assert_array_equal(out["images"][0], expected_frame(obs["observation/exterior_image_1_left"]))
+    np.testing.assert_array_equal(out["images"][1], expected_frame(obs["observation/wrist_image_left"]))
     assert out["image_masks"].tolist() == [True, True, False] and not out["images"][2].any()
 
-    stats = norm_stats("droid")["state"]
+    stats = norm_stats("droid")
     state = np.concatenate([obs["observation/joint_position"], obs["observation/gripper_position"]])
-    q01, q99 = np.array(stats["q01"]), np.array(stats["q99"])
-    np.testing.assert_allclose(out["state"][:8], (state - q01) / (q99 - q01 + 1e-6) * 2 - 1, atol=1e-5)
-    assert not out["state"][8:].any()
+    np.testing.assert_array_equal(out["state"][:8], state.astype(np.float32))  # raw: the core normalises
+    q01, q99 = np.array(stats["state"]["q01"]), np.array(stats["state"]["q99"])
+    normalised = normalised_state(out)
+    np.testing.assert_allclose(normalised[:8], (state - q01) / (q99 - q01 + 1e-6) * 2 - 1, atol=1e-5)
+    assert not normalised[8:].any()
     np.testing.assert_array_equal(out["tokens"], expected_tokens(obs["prompt"]))
+
+    # The action table inverts the quantile normalisation of the 8 DROID action dims (-1 -> q01, 1 -> q99)
+    # and leaves the padding dims as they are.
+    center, scale = out["action_norm"]
+    q01, q99 = np.array(stats["actions"]["q01"]), np.array(stats["actions"]["q99"])
+    np.testing.assert_allclose(center[:8] - scale[:8], q01, atol=1e-5)
+    np.testing.assert_allclose(center[:8] + scale[:8], q99, atol=1e-5)
+    assert (center[8:] == 0).all() and (scale[8:] == 1).all()
 
 
 @pytest.mark.parametrize(("sent", "expected"), [("", "Transfer cube"), ("fold the towel", "fold the towel")],
@@ -146,11 +163,11 @@ def test_aloha_preprocess_takes_chw_frames_and_injects_the_default_prompt(triton
         "prompt": np.array([[sent.encode()]], dtype=object),  # "" is what the front sends for no prompt
         "seed": np.array([[0]], np.int64),
     })
-    np.testing.assert_allclose(out["images"][0], expected_image(cam_high.transpose(1, 2, 0)), atol=1e-6)
-    assert out["image_masks"].tolist() == [True, False, False]
+    np.testing.assert_array_equal(out["images"][0], cam_high.transpose(1, 2, 0))  # CHW -> the core's HWC
+    assert out["image_masks"].tolist() == [True, False, False] and not out["images"][1:].any()
 
     stats = norm_stats("aloha")["state"]
     zscore = (obs["state"] - np.array(stats["mean"])) / (np.array(stats["std"]) + 1e-6)
-    np.testing.assert_allclose(out["state"][:14], zscore, atol=1e-5)
+    np.testing.assert_allclose(normalised_state(out)[:14], zscore, atol=1e-5)
     np.testing.assert_array_equal(out["tokens"], expected_tokens(expected))
     assert out["token_mask"].sum() == len(ByteTokenizer().encode(expected)) + 2

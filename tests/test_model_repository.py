@@ -9,8 +9,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from openpi_triton.front.observations import unbatch
 from openpi_triton.triton.embedded import EmbeddedTriton
-from openpi_triton.triton.repository import load_reference_pipeline
+from openpi_triton.triton.repository import load_reference_pipeline, policy_from_repository
 from openpi_triton.triton.tensors import infer_inputs
 
 from .conftest import MODEL_REPOSITORY, settled_statistics
@@ -35,17 +36,19 @@ def client(triton: EmbeddedTriton) -> grpcclient.InferenceServerClient:
 
 def test_every_model_is_ready(client):
     names = {m.name for m in client.get_model_repository_index().models}
-    assert {"libero", "libero_preprocess", "policy_core", "libero_postprocess"} <= names
-    for name in ("libero", "libero_preprocess", "policy_core", "libero_postprocess"):
+    assert {"libero", "libero_preprocess", "policy_core"} <= names
+    for name in ("libero", "libero_preprocess", "policy_core"):
         assert client.is_model_ready(name), name
     # The CPU configuration was picked: the policy core runs in the python backend.
     assert client.get_model_config("policy_core").config.backend == "python"
 
 
-def test_ensemble_returns_a_libero_action_chunk(client):
+def test_ensemble_returns_the_core_chunk_and_the_policy_slices_libero_actions(client):
     actions = client.infer("libero", infer_inputs(libero_inputs())).as_numpy("actions")
-    assert actions.shape == (1, 10, 7) and actions.dtype == np.float32
+    assert actions.shape == (1, 50, 32) and actions.dtype == np.float32
     assert np.isfinite(actions).all()
+    response = unbatch(policy_from_repository(MODEL_REPOSITORY, "libero"), {"actions": actions})
+    np.testing.assert_array_equal(response["actions"], actions[0, :10, :7])
 
 
 @pytest.mark.parametrize("wrist_shape", [(224, 224, 3), (480, 640, 3)])
@@ -101,4 +104,4 @@ def test_wrong_shape_or_dtype_gets_a_triton_error_and_the_server_stays_up(client
     with pytest.raises(InferenceServerException, match=name):
         client.infer("libero", infer_inputs(inputs))
     assert client.is_server_live() and client.is_model_ready("libero")
-    assert client.infer("libero", infer_inputs(libero_inputs())).as_numpy("actions").shape == (1, 10, 7)
+    assert client.infer("libero", infer_inputs(libero_inputs())).as_numpy("actions").shape == (1, 50, 32)

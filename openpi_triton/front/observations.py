@@ -112,6 +112,11 @@ def _response_value(value: np.ndarray) -> Any:
 
 
 def unbatch(policy: Policy, outputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """Model outputs -> response map under the policy's response keys."""
-    return {key: _response_value(outputs[name][0] if policy.batched else outputs[name])
-            for key, name in policy.outputs.items()}
+    """Model outputs -> response map under the policy's response keys, each cut to its `slice` (a view)."""
+    response = {}
+    for key, name in policy.outputs.items():
+        value = outputs[name][0] if policy.batched else outputs[name]
+        if key in policy.slices:
+            value = value[tuple(slice(0, size) for size in policy.slices[key])]
+        response[key] = _response_value(value)
+    return response

@@ -5,18 +5,21 @@ parameter. Its other parameters map OpenPI observation keys to model inputs and 
 response keys; Triton's own input metadata gives each input's dtype and shape:
 
     observation_map  {"observation/state": "state", "images/cam_low": {"input": "cam_low", "optional": true}}
-    output_map       {"actions": "actions"}
+    output_map       {"actions": "actions"}, or {"actions": {"output": "actions", "slice": [10, 7]}}
     seed_input       "seed"        (optional: the model input that receives the sampling seed)
     stateful         "true"        (optional: or the model has `sequence_batching` itself)
 
-How observations become these inputs is the front's business (`openpi_triton.front.observations`).
+A `slice` answers with the leading part of each axis of one example (here actions[:10, :7]): one
+policy core serves robots of different horizons and action dims, and taking a robot's part of its
+output is a view, cheaper than any model step. How observations become these inputs, and outputs
+responses, is the front's business (`openpi_triton.front.observations`).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from openpi_triton.triton.tensors import TRITON_DTYPES, triton_datatype
@@ -49,6 +52,8 @@ class Policy:
     seed_input: str | None
     stateful: bool
     batched: bool  # max_batch_size > 0: tensors carry a leading batch axis
+    # response key -> how many leading entries of each axis of one example the robot gets
+    slices: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def required_keys(self) -> list[str]:
@@ -96,7 +101,7 @@ def policy_from_config(config: Mapping[str, Any]) -> Policy:
         raise PolicyConfigError(f"model {name!r}: needs JSON object parameters 'observation_map' and 'output_map'")
 
     model_inputs = {i["name"]: i for i in config.get("input", [])}
-    model_outputs = {o["name"] for o in config.get("output", [])}
+    model_outputs = {o["name"]: tuple(int(d) for d in o.get("dims", [])) for o in config.get("output", [])}
     seed_input = params.get("seed_input") or None
     inputs = []
     for key, target in observation_map.items():
@@ -115,12 +120,35 @@ def policy_from_config(config: Mapping[str, Any]) -> Policy:
     unfed = set(model_inputs) - fed
     if unfed:
         raise PolicyConfigError(f"model {name!r}: inputs {sorted(unfed)} are not in 'observation_map'")
-    unknown = set(output_map.values()) - model_outputs
+    outputs, slices = {}, {}
+    for key, target in output_map.items():
+        entry = {"output": target} if isinstance(target, str) else target
+        if not isinstance(entry, dict) or not isinstance(entry.get("output"), str):
+            raise PolicyConfigError(f"model {name!r}: 'output_map' entry {key!r} must be an output name or "
+                                    '{"output": name, "slice": [sizes]}')
+        outputs[key] = entry["output"]
+        if "slice" in entry:
+            slices[key] = _slice(name, key, entry["slice"], model_outputs.get(entry["output"]))
+    unknown = set(outputs.values()) - set(model_outputs)
     if unknown:
         raise PolicyConfigError(f"model {name!r}: 'output_map' names unknown outputs {sorted(unknown)}")
 
     return Policy(
-        name=name, metadata=metadata, inputs=tuple(inputs), outputs=dict(output_map), seed_input=seed_input,
+        name=name, metadata=metadata, inputs=tuple(inputs), outputs=outputs, seed_input=seed_input,
         stateful="sequence_batching" in config or params.get("stateful", "").lower() == "true",
-        batched=int(config.get("max_batch_size", 0)) > 0,
+        batched=int(config.get("max_batch_size", 0)) > 0, slices=slices,
     )
+
+
+def _slice(model: str, key: str, sizes: Any, dims: tuple[int, ...] | None) -> tuple[int, ...]:
+    """A validated `slice`: positive sizes, no more axes than the output has, none past a fixed dim."""
+    valid = isinstance(sizes, list) and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes)
+    if not valid or not sizes:
+        raise PolicyConfigError(f"model {model!r}: 'output_map' {key!r} slice must be a list of positive "
+                                f"integers, got {sizes!r}")
+    if dims is not None:
+        too_big = len(sizes) > len(dims) or any(0 < d < n for n, d in zip(sizes, dims, strict=False))
+        if too_big:
+            raise PolicyConfigError(f"model {model!r}: 'output_map' {key!r} slice {sizes} does not fit the "
+                                    f"output's dims {list(dims)}")
+    return tuple(sizes)

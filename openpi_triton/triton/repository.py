@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from openpi_policy.core import OnnxRuntimeCore
-from openpi_policy.pipeline import Postprocessor, Preprocessor
+from openpi_policy.pipeline import Preprocessor
 from openpi_policy.reference_pipeline import ReferencePipeline
 from openpi_triton.config import core_onnx_path
 from openpi_triton.triton.policy import Policy, policy_from_config
@@ -42,12 +42,12 @@ def policy_from_repository(model_repository: Path, policy: str) -> Policy:
 
 
 def load_reference_pipeline(model_repository: Path, policy: str, threads: int | None = None) -> ReferencePipeline:
-    """`<policy>_preprocess` -> ONNX Runtime on the policy core's model.onnx -> `<policy>_postprocess`,
-    configured exactly as the Triton models are."""
+    """`<policy>_preprocess` -> ONNX Runtime on the policy core's model.onnx, configured exactly as the
+    Triton models are. Like the ensemble, it returns the core's actions; `unbatch` with the policy
+    (`policy_from_repository`) cuts the robot's slice, as the front does."""
     repo = Path(model_repository)
-    pre_dir, post_dir = repo / f"{policy}_preprocess", repo / f"{policy}_postprocess"
+    pre_dir = repo / f"{policy}_preprocess"
     return ReferencePipeline(
         Preprocessor.from_model_config(read_model_config(pre_dir / "config.pbtxt"), pre_dir),
         OnnxRuntimeCore(core_onnx_path(repo), threads),
-        Postprocessor.from_model_config(read_model_config(post_dir / "config.pbtxt"), post_dir),
     )
