@@ -16,6 +16,7 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from openpi_triton.triton.health import Health, unhealthy_stub_model
 from openpi_triton.triton.policy import Policy, PolicyConfigError, is_policy, policy_from_config
 from openpi_triton.triton.shared_memory import SharedMemoryPool, large_tensors
 from openpi_triton.triton.tensors import infer_input
@@ -34,14 +35,28 @@ _CHANNEL_ARGS = [
 _UNAVAILABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED")
 _REDISCOVER_INTERVAL_S = 2.0
 _FORGOTTEN_REGION = "Unable to find shared memory region"  # what Triton says after a restart
+# What Triton answers while a model is being loaded, or the server is starting and has not loaded it yet:
+# the model exists (the front discovered it), so these are outages, not the robot's fault.
+_MODEL_MISSING = ("Request for unknown model", "is not found", "is not ready", "has no available")
+# A request of a sequence Triton does not know: it restarted, or the model was reloaded, since the
+# sequence started.
+_SEQUENCE_UNKNOWN = "must specify the START flag"
+
+
+def _no_answer(error: InferenceServerException) -> bool:
+    return (error.status() or "") in _UNAVAILABLE or "Deadline" in (error.message() or "")
 
 
 class BackendUnavailable(RuntimeError):
-    """Triton cannot be reached or did not answer in time."""
+    """Triton cannot be reached, did not answer in time, or the policy's models are down."""
 
 
 class BackendRejected(RuntimeError):
     """Triton answered with an error for this request (bad tensor, model failure)."""
+
+
+class SequenceLost(BackendRejected):
+    """Triton no longer knows the sequence of a stateful session: the policy's state restarted."""
 
 
 @dataclass(frozen=True)
@@ -76,8 +91,10 @@ class Backend(Protocol):
 class TritonBackend:
     """`shared_memory`: pass camera frames to Triton through system shared memory (same host only)."""
 
-    def __init__(self, url: str, timeout_s: float = 10.0, shared_memory: bool = False) -> None:
+    def __init__(self, url: str, timeout_s: float = 10.0, shared_memory: bool = False,
+                 health: Health | None = None) -> None:
         self.url = url
+        self.health = health if health is not None else Health()
         self.timeout_s = timeout_s
         self.shared_memory = shared_memory
         self._client: grpcclient.InferenceServerClient | None = None
@@ -137,32 +154,50 @@ class TritonBackend:
             await self.discover()
         return self._policies.get(name)
 
+    def problem(self, policy: Policy) -> str | None:
+        """Why `policy` cannot serve now, as far as is known without asking Triton, or None."""
+        return self.health.problem(policy.models)
+
     async def readiness(self, names: list[str]) -> tuple[bool, str]:
-        """(ready, reason): Triton is up and every named policy's model is loaded and ready."""
+        """(ready, reason): Triton is up, and every named policy's models are loaded, ready and not known
+        to be down (a dead python stub leaves its model READY in Triton 2.51). The reason names each
+        policy that is not ready."""
+        outage = self.health.server_outage()
+        if outage is not None:
+            return False, f"Triton at {self.url} is down: {outage.describe()}"
         try:
             if not await self.client.is_server_ready(client_timeout=self.timeout_s):
                 return False, f"Triton at {self.url} is not ready"
             await self.discover()
+            problems = []
             for name in names:
-                if name not in self._policies:
+                policy = self._policies.get(name)
+                if policy is None:
                     reason = self.config_errors.get(name, "no such model with a policy_server_config parameter")
-                    return False, f"policy {name!r} is not available: {reason}"
-                if not await self.client.is_model_ready(name, client_timeout=self.timeout_s):
-                    return False, f"policy {name!r}: model not ready in Triton"
+                    problems.append(f"policy {name!r} is not available: {reason}")
+                elif (problem := self.problem(policy)) is not None:
+                    problems.append(f"policy {name!r} is not ready: {problem}")
+                elif not await self.client.is_model_ready(name, client_timeout=self.timeout_s):
+                    problems.append(f"policy {name!r}: model not ready in Triton")
         except InferenceServerException as error:
             return False, f"Triton at {self.url} is unreachable: {error.message()}"
-        return True, "ready"
+        return (False, "; ".join(problems)) if problems else (True, "ready")
 
     async def infer(
         self, policy: Policy, tensors: Mapping[str, np.ndarray], request_id: str, sequence: SequenceFlags | None = None,
     ) -> dict[str, np.ndarray]:
+        outage = self.health.server_outage()
+        if outage is not None:  # the supervisor is restarting tritonserver: say so at once
+            raise BackendUnavailable(f"policy backend unavailable (tritonserver is down: {outage.describe()})")
         try:
-            return await self._infer(policy, tensors, request_id, sequence)
+            outputs = await self._infer(policy, tensors, request_id, sequence)
         except BackendRejected as error:
             if self._pool is None or _FORGOTTEN_REGION not in str(error):
                 raise
             self._pool.forget_registrations()  # Triton restarted since the regions were registered
-            return await self._infer(policy, tensors, request_id, sequence)
+            outputs = await self._infer(policy, tensors, request_id, sequence)
+        self.health.call_succeeded(policy.models)
+        return outputs
 
     async def _infer(
         self, policy: Policy, tensors: Mapping[str, np.ndarray], request_id: str, sequence: SequenceFlags | None,
@@ -190,16 +225,29 @@ class TritonBackend:
             )
             answered = True
         except InferenceServerException as error:
-            status = error.status() or ""
-            if status in _UNAVAILABLE or "Deadline" in (error.message() or ""):
-                reason = f"{status or 'no answer'}): {error.message()}"
-                raise BackendUnavailable(f"policy backend unavailable ({reason}") from None
-            answered = True
-            raise BackendRejected(error.message() or str(error)) from None
+            answered = not _no_answer(error)  # Triton is done with the request's shared memory
+            raise self._classify(policy, error) from None
         finally:
             if region is not None and self._pool is not None:
                 (self._pool.release if answered else self._pool.retire)(region)
         return {name: result.as_numpy(name) for name in policy.outputs.values()}
+
+    def _classify(self, policy: Policy, error: InferenceServerException) -> Exception:
+        """A failed call as the robot should hear of it: the backend's fault (unavailable, with what is
+        known about why), a lost sequence, or a rejection of this observation."""
+        status, message = error.status() or "", error.message() or str(error)
+        if _no_answer(error):
+            return BackendUnavailable(f"policy backend unavailable ({status or 'no answer'}): {message})")
+        broken = unhealthy_stub_model(message)
+        if broken is not None:
+            self.health.call_failed(broken, "its python stub process is not healthy (it died)")
+        if broken is not None or any(marker in message for marker in _MODEL_MISSING):
+            known = self.problem(policy)
+            detail = f"policy {policy.name!r}: {known}" if known else message
+            return BackendUnavailable(f"policy backend unavailable ({detail})")
+        if _SEQUENCE_UNKNOWN in message:
+            return SequenceLost(message)
+        return BackendRejected(message)
 
     def _shared_memory_pool(self) -> SharedMemoryPool:
         if self._pool is None:

@@ -49,6 +49,8 @@ class Policy:
     seed_input: str | None
     stateful: bool
     batched: bool  # max_batch_size > 0: tensors carry a leading batch axis
+    # Every model a call goes through: the policy's own and, for an ensemble, each step's.
+    models: tuple[str, ...] = ()
 
     @property
     def required_keys(self) -> list[str]:
@@ -123,4 +125,6 @@ def policy_from_config(config: Mapping[str, Any]) -> Policy:
         name=name, metadata=metadata, inputs=tuple(inputs), outputs=dict(output_map), seed_input=seed_input,
         stateful="sequence_batching" in config or params.get("stateful", "").lower() == "true",
         batched=int(config.get("max_batch_size", 0)) > 0,
+        models=(name, *dict.fromkeys(step["model_name"] for step in
+                                     config.get("ensemble_scheduling", {}).get("step", []))),
     )
