@@ -186,9 +186,10 @@ class TritonBackend:
     async def infer(
         self, policy: Policy, tensors: Mapping[str, np.ndarray], request_id: str, sequence: SequenceFlags | None = None,
     ) -> dict[str, np.ndarray]:
-        outage = self.health.server_outage()
-        if outage is not None:  # the supervisor is restarting tritonserver: say so at once
-            raise BackendUnavailable(f"policy backend unavailable (tritonserver is down: {outage.describe()})")
+        if self.health.heals:  # a supervisor is restarting tritonserver or reloading a model: say so at once
+            problem = self.problem(policy)
+            if problem is not None:
+                raise BackendUnavailable(f"policy backend unavailable (policy {policy.name!r}: {problem})")
         try:
             outputs = await self._infer(policy, tensors, request_id, sequence)
         except BackendRejected as error:

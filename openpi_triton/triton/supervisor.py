@@ -159,6 +159,6 @@ class TritonSupervisor:
         except EmbeddedTritonError as error:
             self._restart(f"model {model!r} is down ({reason}) and reloading it failed: {error}")
             return
-        self._reloaded_at[model] = started
+        self._reloaded_at[model] = time.monotonic()
         log.warning("model reloaded", extra={"model": model, "seconds": round(time.monotonic() - started, 3)})
         self.health.model_up(model, reloaded=True)
