@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -161,27 +162,38 @@ class TritonBackend:
     async def readiness(self, names: list[str]) -> tuple[bool, str]:
         """(ready, reason): Triton is up, and every named policy's models are loaded, ready and not known
         to be down (a dead python stub leaves its model READY in Triton 2.51). The reason names each
-        policy that is not ready."""
+        policy that is not ready, and what is wrong with it."""
         outage = self.health.server_outage()
         if outage is not None:
             return False, f"Triton at {self.url} is down: {outage.describe()}"
+        known = [f"policy {name!r} is not ready: {problem}" for name in names
+                 if name in self._policies and (problem := self.problem(self._policies[name]))]
+        if known:
+            return False, "; ".join(known)
         try:
             if not await self.client.is_server_ready(client_timeout=self.timeout_s):
-                return False, f"Triton at {self.url} is not ready"
+                return False, f"Triton at {self.url} is not ready{await self._models_not_ready()}"
             await self.discover()
             problems = []
             for name in names:
-                policy = self._policies.get(name)
-                if policy is None:
+                if name not in self._policies:
                     reason = self.config_errors.get(name, "no such model with a policy_server_config parameter")
                     problems.append(f"policy {name!r} is not available: {reason}")
-                elif (problem := self.problem(policy)) is not None:
-                    problems.append(f"policy {name!r} is not ready: {problem}")
                 elif not await self.client.is_model_ready(name, client_timeout=self.timeout_s):
                     problems.append(f"policy {name!r}: model not ready in Triton")
         except InferenceServerException as error:
             return False, f"Triton at {self.url} is unreachable: {error.message()}"
         return (False, "; ".join(problems)) if problems else (True, "ready")
+
+    async def _models_not_ready(self) -> str:
+        """Which models keep a not-ready Triton from being ready (it is only ready when all of them are)."""
+        with contextlib.suppress(InferenceServerException):
+            index = await self.client.get_model_repository_index(as_json=True, client_timeout=self.timeout_s)
+            waiting = [f"{m['name']} ({m.get('state', 'UNKNOWN')})" for m in index.get("models", [])
+                       if m.get("state") != "READY"]
+            if waiting:
+                return f" (models not ready: {', '.join(waiting)})"
+        return ""
 
     async def infer(
         self, policy: Policy, tensors: Mapping[str, np.ndarray], request_id: str, sequence: SequenceFlags | None = None,
@@ -238,7 +250,7 @@ class TritonBackend:
         known about why), a lost sequence, or a rejection of this observation."""
         status, message = error.status() or "", error.message() or str(error)
         if _no_answer(error):
-            return BackendUnavailable(f"policy backend unavailable ({status or 'no answer'}): {message})")
+            return BackendUnavailable(f"policy backend unavailable ({status or 'no answer'}): {message}")
         broken = unhealthy_stub_model(message)
         if broken is not None:
             self.health.call_failed(broken, "its python stub process is not healthy (it died)")

@@ -98,9 +98,10 @@ class TritonSupervisor:
         log.error("restarting tritonserver", extra={"reason": reason})
         self.health.server_down(reason, "restarting it")
         self.triton.stop()
-        if time.monotonic() - self._started_at >= STABLE_AFTER_S:
+        uptime = time.monotonic() - self._started_at
+        if uptime >= STABLE_AFTER_S:
             self._delay = self.restart_delay_s
-        elif not self._wait_backoff(reason, "it died soon after its last start"):
+        elif not self._wait_backoff(reason, f"it had run only {uptime:.0f} s"):
             return
         attempt = 1
         while True:
