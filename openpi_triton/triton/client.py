@@ -215,7 +215,7 @@ class TritonBackend:
     async def _infer(
         self, policy: Policy, tensors: Mapping[str, np.ndarray], request_id: str, sequence: SequenceFlags | None,
     ) -> dict[str, np.ndarray]:
-        region, answered = None, False
+        region, answered, issued = None, False, time.monotonic()
         try:
             large = large_tensors(tensors) if self.shared_memory else {}
             if large:
@@ -239,13 +239,13 @@ class TritonBackend:
             answered = True
         except InferenceServerException as error:
             answered = not _no_answer(error)  # Triton is done with the request's shared memory
-            raise self._classify(policy, error) from None
+            raise self._classify(policy, error, issued) from None
         finally:
             if region is not None and self._pool is not None:
                 (self._pool.release if answered else self._pool.retire)(region)
         return {name: result.as_numpy(name) for name in policy.outputs.values()}
 
-    def _classify(self, policy: Policy, error: InferenceServerException) -> Exception:
+    def _classify(self, policy: Policy, error: InferenceServerException, issued: float) -> Exception:
         """A failed call as the robot should hear of it: the backend's fault (unavailable, with what is
         known about why), a lost sequence, or a rejection of this observation."""
         status, message = error.status() or "", error.message() or str(error)
@@ -253,7 +253,7 @@ class TritonBackend:
             return BackendUnavailable(f"policy backend unavailable ({status or 'no answer'}): {message}")
         broken = unhealthy_stub_model(message)
         if broken is not None:
-            self.health.call_failed(broken, "its python stub process is not healthy (it died)")
+            self.health.call_failed(broken, "its python stub process is not healthy (it died)", issued)
         if broken is not None or any(marker in message for marker in _MODEL_MISSING):
             known = self.problem(policy)
             detail = f"policy {policy.name!r}: {known}" if known else message

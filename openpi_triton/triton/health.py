@@ -53,7 +53,11 @@ class Health:
         self._lock = threading.Lock()
         self._server: Outage | None = None
         self._models: dict[str, Outage] = {}
-        self._heal_requests: dict[str, tuple[str, float]] = {}
+        self._heal_requests: dict[str, str] = {}
+        # Since when the server, and each model brought back, are known to be healthy: a call made before
+        # that and failing after it tells nothing about them now.
+        self._server_up_since = float("-inf")
+        self._model_up_since: dict[str, float] = {}
         self._counters = HealthCounters()
         # Set when a failed call asks for healing, so the supervisor acts at once instead of at its next poll.
         self.wake = threading.Event()
@@ -75,6 +79,7 @@ class Health:
                 self._counters.restarts += 1
             self._end(SERVER, self._server)
             self._server = None
+            self._server_up_since = time.monotonic()
             for model, outage in self._models.items():
                 self._end(model, outage)
             self._models.clear()
@@ -89,21 +94,29 @@ class Health:
             if reloaded:
                 self._counters.reloads[model] = self._counters.reloads.get(model, 0) + 1
             self._end(model, self._models.pop(model, None))
+            self._model_up_since[model] = time.monotonic()
+            self._heal_requests.pop(model, None)  # made by calls older than this recovery
 
-    def take_heal_requests(self) -> dict[str, tuple[str, float]]:
-        """Models that failed calls asked to heal: model -> (reason, when reported)."""
+    def take_heal_requests(self) -> dict[str, str]:
+        """Models that failed calls asked to heal: model -> reason."""
         with self._lock:
             requests, self._heal_requests = self._heal_requests, {}
             return requests
 
     # --- reported by the front ------------------------------------------------------------------------
 
-    def call_failed(self, model: str, reason: str) -> None:
-        """A call failed because `model` is broken (its stub is dead)."""
+    def call_failed(self, model: str, reason: str, issued: float) -> None:
+        """A call made at `issued` (time.monotonic) failed because `model` is broken (its stub is dead).
+
+        The time the call was made, not the time it failed, tells whether it says anything new: a call
+        queued in Triton before a reload can fail well after the reload has healed the model."""
         with self._lock:
-            self._model_down(model, reason, f"reloading model {model!r}" if self.heals else "")
+            if issued < max(self._server_up_since, self._model_up_since.get(model, float("-inf"))):
+                return
+            if model not in self._models:  # an outage already known keeps its (more precise) reason
+                self._model_down(model, reason, f"reloading model {model!r}" if self.heals else "")
             if self.heals:
-                self._heal_requests.setdefault(model, (reason, time.monotonic()))
+                self._heal_requests[model] = reason
         if self.heals:
             self.wake.set()
 
@@ -114,7 +127,9 @@ class Health:
             return
         with self._lock:
             for model in models:
-                self._end(model, self._models.pop(model, None))
+                if model in self._models:
+                    self._end(model, self._models.pop(model))
+                    self._model_up_since[model] = time.monotonic()
 
     # --- read by the front ----------------------------------------------------------------------------
 

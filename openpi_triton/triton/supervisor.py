@@ -48,7 +48,6 @@ class TritonSupervisor:
         self._delay = restart_delay_s
         self._started_at = 0.0
         self._stubs: dict[int, str] = {}
-        self._reloaded_at: dict[str, float] = {}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -134,9 +133,7 @@ class TritonSupervisor:
         self.health.server_up(restarted)
 
     def _heal_models(self) -> None:
-        down = {model: reason for model, (reason, reported_at) in self.health.take_heal_requests().items()
-                # a call that failed before the last reload of its model finished tells nothing new
-                if reported_at > self._reloaded_at.get(model, float("-inf"))}
+        down = self.health.take_heal_requests()
         for pid, model in self._stubs.items():
             # An operator may have unloaded the model on purpose (its stub then exits): only a model that
             # Triton still calls ready has lost its stub.
@@ -160,6 +157,5 @@ class TritonSupervisor:
         except EmbeddedTritonError as error:
             self._restart(f"model {model!r} is down ({reason}) and reloading it failed: {error}")
             return
-        self._reloaded_at[model] = time.monotonic()
         log.warning("model reloaded", extra={"model": model, "seconds": round(time.monotonic() - started, 3)})
         self.health.model_up(model, reloaded=True)
