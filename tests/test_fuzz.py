@@ -30,6 +30,11 @@ from openpi_triton.triton.tensors import TRITON_DTYPES, triton_datatype
 
 from .conftest import MODEL_REPOSITORY, TEST_MODEL_REPOSITORY
 
+# Hypothesis warns when the global `random` state moves while it draws. In the full suite it does, from
+# other threads: the session's uvicorn front and lingering websocket clients send keep-alive pings whose
+# payload is random.getrandbits(32). Nothing here draws from `random`.
+pytestmark = pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
+
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 POLICIES = {name: policy_from_repository(MODEL_REPOSITORY, name) for name in ("libero", "droid", "aloha")}
