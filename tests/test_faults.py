@@ -210,6 +210,7 @@ class Robot:
     def close(self) -> None:
         self.stop.set()
         self.thread.join(30)
+        self.client._ws.close()  # openpi_client has no close of its own
 
 
 @contextlib.contextmanager

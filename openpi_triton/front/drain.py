@@ -9,9 +9,11 @@ uvicorn's own shutdown sends 1012 to every websocket at once, dropping the answe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
+from collections.abc import Callable
 
 import uvicorn
 
@@ -44,9 +46,9 @@ class Drain:
         if self._connections == 0 and self._all_closed is not None:
             self._all_closed.set()
 
-    async def drain(self, timeout_s: float) -> int:
-        """Begin draining and wait until every robot connection has closed itself, at most `timeout_s`.
-        Returns how many were still open at the deadline."""
+    async def drain(self, timeout_s: float, abandon: Callable[[], bool] = lambda: False) -> int:
+        """Begin draining and wait until every robot connection has closed itself, at most `timeout_s`
+        and not once `abandon()` is true (a second Ctrl-C). Returns how many were still open."""
         self.draining = True
         signal = self.signal()
         if not signal.done():
@@ -56,10 +58,12 @@ class Drain:
             return 0
         started = time.monotonic()
         log.info("draining", extra={"connections": self._connections, "timeout_s": timeout_s})
-        try:
-            await asyncio.wait_for(self._all_closed.wait(), timeout_s)
-        except asyncio.TimeoutError:
-            log.warning("drain timeout: closing the connections left", extra={"connections": self._connections})
+        deadline = started + timeout_s
+        while self._connections and not abandon() and time.monotonic() < deadline:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._all_closed.wait(), min(0.2, max(deadline - time.monotonic(), 0)))
+        if self._connections:
+            log.warning("drain ended early: closing the connections left", extra={"connections": self._connections})
         else:
             log.info("drained", extra={"seconds": round(time.monotonic() - started, 3)})
         return self._connections
@@ -75,5 +79,5 @@ class DrainingServer(uvicorn.Server):
             server.close()
         for sock in sockets or []:
             sock.close()
-        await self.drain.drain(self.drain_timeout_s)
+        await self.drain.drain(self.drain_timeout_s, abandon=lambda: self.force_exit)
         await super().shutdown(sockets)
