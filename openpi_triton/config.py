@@ -49,6 +49,11 @@ class Settings:
     triton_timeout_s: float = 10.0
     # Camera frames reach Triton through system shared memory: only when both run on one host.
     triton_shared_memory: bool = False
+    # On shutdown, how long robots' in-flight inferences may take to be answered before connections close.
+    drain_timeout_s: float = 20.0
+    # Embedded tritonserver restarts: the first retry waits this long, each next one twice as long.
+    triton_restart_delay_s: float = 1.0
+    triton_restart_max_delay_s: float = 30.0
     log_level: str = "info"
 
     @property

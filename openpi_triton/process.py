@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,12 +111,15 @@ class Child:
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
-    def wait_ready(self, ready_url: str, timeout_s: float) -> None:
-        """Until `ready_url` answers (see `url_answers`); ChildFailed if the child exits or time runs out."""
+    def wait_ready(self, ready_url: str, timeout_s: float, cancelled: Callable[[], bool] | None = None) -> None:
+        """Until `ready_url` answers (see `url_answers`); ChildFailed if the child exits, time runs out or
+        `cancelled()` becomes true."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ChildFailed(f"{self.name} exited with code {self.process.returncode} during start-up. "
+            if cancelled is not None and cancelled():
+                raise ChildFailed(f"{self.name}: start-up cancelled")
+            if self.exited():
+                raise ChildFailed(f"{self.name} exited with code {self.reap()} during start-up. "
                                   f"Last lines of its log ({self.log_path}):\n{self.log_tail()}")
             if url_answers(ready_url):
                 return
@@ -124,18 +127,75 @@ class Child:
         raise ChildFailed(f"{self.name} was not ready at {ready_url} after {timeout_s:.0f} s. "
                           f"Last lines of its log ({self.log_path}):\n{self.log_tail()}")
 
+    def exited(self) -> bool:
+        """Whether the child has exited, without reaping it: until `reap`, its pid and its process group
+        id stay reserved, so signalling the group can never hit an unrelated process."""
+        if self.process.returncode is not None:
+            return True
+        try:
+            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
+
+    def reap(self) -> int:
+        """After the child exited: kill whatever is left of its process group (children it started, such
+        as python-backend stubs, which outlive a killed parent), then collect its exit status."""
+        if self.process.returncode is not None:  # reaped before: its group was cleared then
+            return self.process.returncode
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        code = self.process.wait()
+        wait_group_gone(self.pid)
+        return code
+
     def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM (the child shuts down its own children), then SIGKILL of the whole group."""
-        if self.process.poll() is None:
+        """SIGTERM (the child shuts down its own children), then SIGKILL of the whole group, whose
+        members are gone on return. The log is deleted only after a clean exit."""
+        if not self.exited():
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+            deadline = time.monotonic() + timeout_s
+            while not self.exited() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self.reap()
         if self.process.returncode == 0:
             self.log_path.unlink(missing_ok=True)
+
+
+def _process_state(pid: int) -> tuple[str, int] | None:
+    """(state letter, process group) of a process, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[2])
+
+
+def is_alive(pid: int) -> bool:
+    """Running or sleeping; a zombie (dead, not yet reaped) is not alive."""
+    state = _process_state(pid)
+    return state is not None and state[0] not in "ZX"
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of a process group (zombies excluded: they hold no memory and run nothing)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            state = _process_state(int(entry))
+            if state is not None and state[1] == pgid and state[0] not in "ZX":
+                members.append(int(entry))
+    return members
+
+
+def wait_group_gone(pgid: int, timeout_s: float = 10.0) -> bool:
+    """Until no live process is left in the group (SIGKILLed members take a moment to die)."""
+    deadline = time.monotonic() + timeout_s
+    while group_members(pgid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 @contextlib.contextmanager

@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
 from openpi_triton.config import Settings, core_onnx_path
-from openpi_triton.front.app import create_app, uvicorn_config
+from openpi_triton.front.app import create_app, front_server
 from openpi_triton.process import free_port
 from openpi_triton.triton.embedded import EmbeddedTriton
 
@@ -49,7 +48,7 @@ def triton(model_onnx: Path) -> Iterator[EmbeddedTriton]:
 @contextlib.contextmanager
 def running_front(settings: Settings) -> Iterator[str]:
     """The front under a real uvicorn in a background thread; yields its ws:// base URL."""
-    server = uvicorn.Server(uvicorn_config(create_app(settings), settings, log_level="warning", lifespan="on"))
+    server = front_server(create_app(settings), settings, log_level="warning", lifespan="on")
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

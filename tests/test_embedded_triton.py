@@ -11,6 +11,7 @@ import textwrap
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from openpi_triton.process import die_with_parent, free_port
@@ -102,3 +103,45 @@ def test_children_start_while_grpc_threads_are_busy(triton):
         for thread in threads:
             thread.join()
     assert codes.count(0) == len(codes), f"{len(codes) - codes.count(0)} of {len(codes)} children failed"
+
+
+
+def _kill(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+
+
+def test_a_dead_stub_comes_back_with_a_reload_and_stop_leaves_nothing_behind():
+    """Triton 2.51 never restarts a dead stub itself, keeps its model READY, and loading a loaded model
+    does nothing: `reload_model` unloads and loads it. A dead stub used to keep tritonserver's shutdown
+    waiting 30 s, and its shared-memory region leaked."""
+    import tritonclient.grpc as grpcclient
+
+    from openpi_triton.process import group_members
+    from openpi_triton.triton.tensors import infer_inputs
+
+    server = EmbeddedTriton([TEST_MODEL_REPOSITORY], http_port=free_port(), grpc_port=free_port(),
+                            metrics_port=free_port()).start()
+    try:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        request = infer_inputs({"delay": np.zeros((1, 1), np.float32), "payload": np.zeros((1, 4), np.uint8)})
+        stubs = {model: pid for pid, model in server.python_stubs().items()}
+        assert set(stubs) == {"slow_policy", "session_counter"}
+
+        _kill(stubs["slow_policy"])
+        with pytest.raises(grpcclient.InferenceServerException, match="Stub process 'slow_policy_0_0' is not healthy"):
+            client.infer("slow_policy", request)
+        assert client.is_model_ready("slow_policy")
+        server.reload_model("slow_policy")
+        assert client.infer("slow_policy", request).as_numpy("echo").shape == (1, 1)
+        assert "slow_policy" in server.python_stubs().values() and stubs["slow_policy"] not in server.python_stubs()
+
+        group, regions = server.pid, server.shared_memory_regions()
+        assert len(regions) >= 2
+        _kill(stubs["session_counter"])
+    finally:
+        server.stop()
+    assert group_members(group) == []
+    assert [region for region in regions if region.exists()] == []

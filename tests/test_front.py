@@ -349,3 +349,18 @@ def test_logs_carry_ids_and_never_observation_contents(front, caplog):
     assert failed and all(r.session_id == "s-42" and r.request_id for r in failed)
     for record in records:
         assert secret not in record.getMessage() and secret not in json.dumps(vars(record), default=str)
+
+
+def test_a_drain_is_bounded_by_the_drain_timeout(triton):
+    """An inference slower than --drain-timeout does not hold the shutdown: its robot gets 1012."""
+    settings = front_settings(triton, default_policy="slow_policy", drain_timeout_s=0.5)
+    with running_front(settings) as url:
+        ws = raw_connection(url)
+        ws.send(msgpack_numpy.packb({"delay": np.array([3.0], np.float32)}))
+        deadline = time.monotonic() + 30
+        while "openpi_triton_in_flight_requests 1.0" not in http_get(url, "/metrics")[1]:
+            assert time.monotonic() < deadline, "the frame never got in flight"
+            time.sleep(0.05)
+    with pytest.raises(ConnectionClosed) as closed:
+        ws.recv(timeout=30)
+    assert closed.value.rcvd.code == 1012

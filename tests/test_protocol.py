@@ -81,6 +81,16 @@ BAD_FRAMES: dict[str, tuple[bytes | str, str]] = {
     "state beyond float32": (msgpack_numpy.packb(observation(**{"observation/state": np.full(8, 1e39)})),
                              "NaN or inf"),
     "unknown endpoint": (msgpack_numpy.packb({"endpoint": "teleport"}), "unknown endpoint 'teleport'"),
+    # The three frames that dropped the socket in the fault-injection run:
+    "prompt with a lone surrogate": (
+        msgpack.packb({**observation(prompt=None),
+                       "prompt": marker("<U2", [], np.array([0x61, 0xD800], "<u4").tobytes())},
+                      default=msgpack_numpy.pack_array),
+        "key 'prompt': the string array holds code points that are not valid unicode"),
+    "endpoint as an array of strings": (msgpack_numpy.packb(observation(endpoint=np.array(["infer", "reset"]))),
+                                        "endpoint must be the string 'infer' or 'reset', got ndarray"),
+    "session_id as an array": (msgpack_numpy.packb(observation(session_id=np.array(["a", "b"]))),
+                               "session_id must be a string or an integer, got ndarray"),
     "bad seed": (msgpack_numpy.packb(observation(seed=-1)), "seed must be an integer in [0, 2^63)"),
 }
 
@@ -93,6 +103,18 @@ def test_bad_input_gets_a_clear_error_and_the_connection_stays_usable(client, ca
         assert isinstance(answer, str), "errors are text frames (openpi_client raises them as RuntimeError)"
         assert expected in answer
         assert "Traceback" not in answer and "\n" not in answer.strip()
+        assert reply(ws, msgpack_numpy.packb(observation()))["actions"].shape == (10, 7)
+
+
+def test_an_extreme_state_never_gets_non_finite_actions(client):
+    """3e38 is a finite float32, but quantile normalisation overflows on it: the robot gets finite
+    actions or an error that names the policy and the output, never NaN."""
+    with connect(client) as ws:
+        answer = reply(ws, msgpack_numpy.packb(observation(**{"observation/state": np.full(8, 3e38)})))
+        if isinstance(answer, str):
+            assert "policy 'libero' returned NaN or inf in output 'actions'" in answer
+        else:
+            assert np.isfinite(answer["actions"]).all()
         assert reply(ws, msgpack_numpy.packb(observation()))["actions"].shape == (10, 7)
 
 

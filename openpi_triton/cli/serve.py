@@ -37,6 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_env_flag(p, "triton-shared-memory", str, "auto", "pass camera frames to Triton through system shared "
                  "memory: auto = on for the embedded tritonserver, off with --triton-url (use on only when "
                  "Triton shares this host's /dev/shm)", choices=("auto", "on", "off"))
+    add_env_flag(p, "drain-timeout", float, d.drain_timeout_s, "on shutdown (SIGTERM, Ctrl-C), seconds that robots' "
+                 "in-flight inferences get to be answered before their connections close with 1012")
+    add_env_flag(p, "triton-restart-delay", float, d.triton_restart_delay_s, "seconds before restarting an "
+                 "embedded tritonserver that died soon after its start or failed to start; doubles each time")
+    add_env_flag(p, "triton-restart-max-delay", float, d.triton_restart_max_delay_s,
+                 "the longest wait between embedded tritonserver restarts")
     add_env_flag(p, "log-level", str, d.log_level, "debug, info, warning or error")
     p.set_defaults(run=_serve)
 
@@ -50,7 +56,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         model_repository=args.model_repository, default_policy=args.default_policy,
         api_keys=read_api_keys(args.api_keys, args.api_key_file), max_frame_bytes=args.max_frame_bytes,
         max_connections=args.max_connections, idle_timeout_s=args.idle_timeout,
-        triton_timeout_s=args.triton_timeout, log_level=args.log_level,
+        triton_timeout_s=args.triton_timeout, log_level=args.log_level, drain_timeout_s=args.drain_timeout,
+        triton_restart_delay_s=args.triton_restart_delay, triton_restart_max_delay_s=args.triton_restart_max_delay,
         triton_shared_memory=args.triton_shared_memory == "on"
         or (args.triton_shared_memory == "auto" and args.triton_url is None),
     )
@@ -78,10 +85,12 @@ def _serve(args: argparse.Namespace) -> None:
     from openpi_triton.front.app import create_app, serve
     from openpi_triton.front.logs import configure_logging
     from openpi_triton.triton.embedded import EmbeddedTriton, EmbeddedTritonError
+    from openpi_triton.triton.health import Health
+    from openpi_triton.triton.supervisor import TritonSupervisor
 
     settings = settings_from_args(args)
     configure_logging(settings.log_level)
-    triton = None
+    supervisor, health = None, Health()
     if settings.triton_url is None:
         if not core_onnx_path(settings.model_repository).exists():
             raise CliError(f"{core_onnx_path(settings.model_repository)} is missing: "
@@ -90,15 +99,19 @@ def _serve(args: argparse.Namespace) -> None:
             [settings.model_repository], http_port=settings.triton_http_port,
             grpc_port=settings.triton_grpc_port, metrics_port=settings.triton_metrics_port,
         )
+        health = Health(heals=True)
+        supervisor = TritonSupervisor(triton, health, settings.triton_restart_delay_s,
+                                      settings.triton_restart_max_delay_s)
         print(f"starting tritonserver (CPU configuration) on gRPC port {settings.triton_grpc_port} ...", flush=True)
         try:
-            triton.start()
+            supervisor.start()
         except EmbeddedTritonError as error:  # a taken port, a missing binary: the message says what to do
             raise CliError(str(error)) from None
         settings = Settings(**{**vars(settings), "triton_url": triton.grpc_url})
     try:
-        serve(create_app(settings, on_ready=_announce(settings)), settings)
+        serve(create_app(settings, on_ready=_announce(settings), health=health), settings)
     finally:
-        if triton is not None:
+        if supervisor is not None:
             print("stopping tritonserver ...", flush=True)
-            triton.stop()
+            supervisor.stop()
+            print("tritonserver stopped", flush=True)

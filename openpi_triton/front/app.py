@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
+import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -19,9 +21,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from openpi_triton.config import Settings
 from openpi_triton.front.auth import is_authorized
+from openpi_triton.front.drain import Drain, DrainingServer
 from openpi_triton.front.metrics import FrontMetrics
 from openpi_triton.front.session import RobotConnection
 from openpi_triton.triton.client import Backend, TritonBackend
+from openpi_triton.triton.health import Health
 from openpi_triton.triton.policy import Policy
 
 log = logging.getLogger("openpi_triton.front")
@@ -30,16 +34,21 @@ log = logging.getLogger("openpi_triton.front")
 # because a robot's event loop may be busy for a while between frames.
 WS_PING_INTERVAL_S = 20.0
 WS_PING_TIMEOUT_S = 60.0
+# After the drain, how long uvicorn waits for requests still running before it cancels them.
+GRACEFUL_SHUTDOWN_S = 5.0
 
 
 def create_app(settings: Settings, backend: Backend | None = None,
-               on_ready: Callable[[dict[str, Policy]], None] | None = None) -> Starlette:
-    """The ASGI app. `on_ready` is called once with the policies found at start-up."""
+               on_ready: Callable[[dict[str, Policy]], None] | None = None, health: Health | None = None) -> Starlette:
+    """The ASGI app. `on_ready` is called once with the policies found at start-up; `health` is shared with
+    the supervisor of an embedded tritonserver."""
     if backend is None:
         if settings.triton_url is None:
             raise ValueError("the front needs a Triton URL (settings.triton_url) or a backend")
-        backend = TritonBackend(settings.triton_url, settings.triton_timeout_s, settings.triton_shared_memory)
-    metrics = FrontMetrics()
+        backend = TritonBackend(settings.triton_url, settings.triton_timeout_s, settings.triton_shared_memory,
+                                health=health)
+    metrics = FrontMetrics(getattr(backend, "health", health))
+    drain = Drain()
     open_connections = 0
 
     @contextlib.asynccontextmanager
@@ -64,6 +73,9 @@ def create_app(settings: Settings, backend: Backend | None = None,
         if settings.auth_enabled and not is_authorized(websocket.headers.get("authorization"), settings.api_keys):
             await refuse(websocket, 401, "missing or wrong API key: send 'Authorization: Api-Key <key>'", "auth")
             return
+        if drain.draining:
+            await refuse(websocket, 503, "server shutting down; connect to another replica or retry", "draining")
+            return
         policy = await backend.policy(name)
         if policy is None:
             known = ", ".join(sorted(backend.policies)) or "none (is Triton up?)"
@@ -77,20 +89,26 @@ def create_app(settings: Settings, backend: Backend | None = None,
             return
         open_connections += 1
         metrics.connections.labels(name).inc()
+        drain.opened()
         try:
             await websocket.accept()
-            await RobotConnection(websocket, policy, backend, settings, metrics).run()
+            await RobotConnection(websocket, policy, backend, settings, metrics, drain).run()
         except WebSocketDisconnect:
             pass
         finally:
             open_connections -= 1
             metrics.connections.labels(name).dec()
+            drain.closed()
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("OK\n")
 
     async def readyz(request: Request) -> Response:
-        ready, reason = await backend.readiness([settings.default_policy])
+        if drain.draining:
+            return PlainTextResponse("shutting down: draining robot connections\n", status_code=503)
+        # The default policy first, then every other one: a policy whose model is down is named.
+        names = [settings.default_policy, *sorted(set(backend.policies) - {settings.default_policy})]
+        ready, reason = await backend.readiness(names)
         return PlainTextResponse(reason + "\n", status_code=200 if ready else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
@@ -115,6 +133,7 @@ def create_app(settings: Settings, backend: Backend | None = None,
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.backend = backend
     app.state.metrics = metrics
+    app.state.drain = drain
     return app
 
 
@@ -123,11 +142,24 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
     options: dict[str, Any] = {
         "host": settings.host, "port": settings.port, "ws_max_size": settings.max_frame_bytes,
         "log_level": settings.log_level, "ws_ping_interval": WS_PING_INTERVAL_S,
-        "ws_ping_timeout": WS_PING_TIMEOUT_S, **overrides,
+        "ws_ping_timeout": WS_PING_TIMEOUT_S, "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S, **overrides,
     }
     return uvicorn.Config(app, **options)
 
 
+def front_server(app: Any, settings: Settings, **overrides: Any) -> DrainingServer:
+    """uvicorn serving `app`, whose shutdown drains the robot connections of an app from `create_app`
+    first (`--drain-timeout`)."""
+    drain = getattr(getattr(app, "state", None), "drain", None) or Drain()
+    return DrainingServer(uvicorn_config(app, settings, **overrides), drain, settings.drain_timeout_s)
+
+
 def serve(app: Any, settings: Settings) -> None:
-    """Run `app` until interrupted (Ctrl-C, SIGTERM)."""
-    uvicorn.Server(uvicorn_config(app, settings)).run()
+    """Run `app` until interrupted (Ctrl-C, SIGTERM), drain, and return.
+
+    uvicorn re-raises a SIGTERM once it has shut down, with the handler it found: the default one would
+    end the process there, before the caller stops tritonserver. A handler that does nothing makes this
+    return instead (and keeps a second SIGTERM from cutting that clean-up short)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    front_server(app, settings).run()

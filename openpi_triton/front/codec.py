@@ -70,7 +70,17 @@ def _array(data: Any, dtype_raw: Any, shape_raw: Any, where: str) -> np.ndarray:
         raise ProtocolError(
             f"{where}: array data is {len(data)} bytes but shape {list(shape)} of {dtype.str} needs {expected}"
         )
+    if dtype.kind == "U" and not _valid_code_points(data, dtype):
+        raise ProtocolError(f"{where}: the string array holds code points that are not valid unicode "
+                            "(lone surrogates or values beyond U+10FFFF)")
     return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def _valid_code_points(data: bytes, dtype: np.dtype) -> bool:
+    """NumPy's unicode arrays are UTF-32 code units, any 32-bit value; a lone surrogate among them turns
+    into an error only later, when the text is encoded (as the prompt is, for Triton)."""
+    codes = np.frombuffer(data, dtype=np.dtype(f"{dtype.byteorder}u4"))
+    return not (((codes >= 0xD800) & (codes <= 0xDFFF)) | (codes > 0x10FFFF)).any()
 
 
 def _scalar(data: Any, dtype_raw: Any, where: str) -> np.generic:

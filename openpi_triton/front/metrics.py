@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from openpi_triton.triton.health import Health
 
 
 class FrontMetrics:
-    def __init__(self) -> None:
+    def __init__(self, health: Health | None = None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "openpi_triton_requests", "Websocket requests by policy, endpoint and outcome",
@@ -20,7 +26,38 @@ class FrontMetrics:
         self.connections = Gauge(
             "openpi_triton_connections", "Open robot connections", ["policy"], registry=self.registry,
         )
+        self.in_flight = Gauge(
+            "openpi_triton_in_flight_requests", "Frames received and not yet answered", registry=self.registry,
+        )
         self.rejected = Counter(
             "openpi_triton_rejected_connections", "Connections refused at the handshake", ["reason"],
             registry=self.registry,
         )
+        if health is not None:
+            self.registry.register(HealthCollector(health))
+
+
+class HealthCollector(Collector):
+    """Restarts, reloads and outages of the backend, read from `Health` at each scrape."""
+
+    def __init__(self, health: Health) -> None:
+        self.health = health
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        counters = self.health.counters()
+        yield CounterMetricFamily("openpi_triton_backend_restarts", "Restarts of the embedded tritonserver after "
+                                  "it died or could not heal a model", value=counters.restarts)
+        reloads = CounterMetricFamily("openpi_triton_model_reloads", "Reloads of a model whose python stub died",
+                                      labels=["model"])
+        for model, count in sorted(counters.reloads.items()):
+            reloads.add_metric([model], count)
+        yield reloads
+        outages = CounterMetricFamily("openpi_triton_outages", "Outages of tritonserver or of one of its models",
+                                      labels=["component"])
+        seconds = CounterMetricFamily("openpi_triton_outage_seconds", "Time tritonserver or a model was down "
+                                      "(ongoing outages included)", labels=["component"])
+        for component, count in sorted(counters.outages.items()):
+            outages.add_metric([component], count)
+            seconds.add_metric([component], counters.outage_seconds.get(component, 0.0))
+        yield outages
+        yield seconds

@@ -19,14 +19,16 @@ from starlette.websockets import WebSocket
 
 from openpi_triton.config import Settings
 from openpi_triton.front.codec import ProtocolError, decode_frame, encode
+from openpi_triton.front.drain import Drain
 from openpi_triton.front.metrics import FrontMetrics
 from openpi_triton.front.observations import observation_to_tensors, unbatch
-from openpi_triton.triton.client import Backend, BackendRejected, BackendUnavailable, SequenceFlags
+from openpi_triton.triton.client import Backend, BackendRejected, BackendUnavailable, SequenceFlags, SequenceLost
 from openpi_triton.triton.policy import Policy
 
 log = logging.getLogger("openpi_triton.front")
 
 CONTROL_KEYS = ("endpoint", "session_id", "seed")
+MAX_SESSION_ID_CHARS = 256
 # Triton sequence ids: one per session, unique within this process.
 _sequence_ids = itertools.count(secrets.randbits(40) + 1)
 
@@ -45,17 +47,36 @@ class Session:
         return self.calls == 0
 
 
+class Refused(Exception):
+    """A frame that gets an error text instead of an answer."""
+
+    def __init__(self, text: str, outcome: str) -> None:
+        super().__init__(text)
+        self.text, self.outcome = text, outcome
+
+
+def _preview(value: Any) -> str:
+    """A short description of a control value for an error text (never a long or binary one)."""
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        return repr(value if not isinstance(value, str) else str(value)[:40])
+    return type(value).__name__
+
+
 class RobotConnection:
-    """One websocket: handshake done, then the receive -> infer -> answer loop."""
+    """One websocket: handshake done, then the receive -> infer -> answer loop. Every frame gets exactly
+    one answer or one error text; nothing a robot sends closes the connection but a frame over the size
+    limit."""
 
     def __init__(self, websocket: WebSocket, policy: Policy, backend: Backend,
-                 settings: Settings, metrics: FrontMetrics) -> None:
+                 settings: Settings, metrics: FrontMetrics, drain: Drain | None = None) -> None:
         self.websocket, self.policy, self.backend = websocket, policy, backend
         self.settings, self.metrics = settings, metrics
+        self.drain = drain if drain is not None else Drain()
         self.connection_id = uuid.uuid4().hex[:12]
         self.session = self._new_session(None)
         self._requests = itertools.count(1)
         self._prev_total_ms: float | None = None
+        self._endpoint = "infer"  # of the frame being handled, for its metrics
 
     def _new_session(self, session_id: str | None) -> Session:
         return Session(id=session_id or uuid.uuid4().hex,
@@ -68,13 +89,8 @@ class RobotConnection:
         await self.websocket.send_bytes(encode(self.policy.metadata))
         try:
             while True:
-                try:
-                    message = await asyncio.wait_for(self.websocket.receive(), self.settings.idle_timeout_s)
-                except asyncio.TimeoutError:
-                    log.info("closing idle connection", extra=self._log_extra())
-                    await self.websocket.close(status.WS_1000_NORMAL_CLOSURE, "idle timeout")
-                    return
-                if message["type"] == "websocket.disconnect":
+                message = await self._next_message()
+                if message is None or message["type"] == "websocket.disconnect":
                     return
                 started = time.monotonic()
                 frame = message.get("bytes")
@@ -89,26 +105,68 @@ class RobotConnection:
         finally:
             await self._end_sequence()
 
+    async def _next_message(self) -> dict[str, Any] | None:
+        """The next websocket message; None after closing the connection for idleness or a drain."""
+        receive = asyncio.ensure_future(self.websocket.receive())
+        draining = self.drain.signal()
+        if not draining.done():
+            await asyncio.wait((receive, draining), timeout=self.settings.idle_timeout_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+        for _ in range(3):  # while draining, a frame the server has already received still gets its answer
+            if receive.done():
+                return receive.result()
+            await asyncio.sleep(0)
+        receive.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await receive
+        if draining.done():
+            log.info("closing connection: server shutting down", extra=self._log_extra())
+            await self.websocket.close(status.WS_1012_SERVICE_RESTART, "server shutting down")
+        else:
+            log.info("closing idle connection", extra=self._log_extra())
+            await self.websocket.close(status.WS_1000_NORMAL_CLOSURE, "idle timeout")
+        return None
+
     async def _handle(self, frame: bytes, started: float) -> None:
         request_id = f"{self.connection_id}-{next(self._requests)}"
-        endpoint = "infer"
+        self._endpoint = "infer"
+        self.metrics.in_flight.inc()
+        try:
+            try:
+                answer = await self._answer(frame, request_id)
+            except Refused as refused:
+                await self._send_error(refused.text, refused.outcome, self._endpoint, request_id)
+                return
+            except Exception as error:  # whatever else goes wrong on one frame must not cost the robot its socket
+                log.exception("unexpected error on a frame", extra=self._log_extra(request_id=request_id))
+                await self._send_error(f"internal server error on this frame ({type(error).__name__}); the "
+                                       "connection stays open", "internal_error", self._endpoint, request_id)
+                return
+            await self.websocket.send_bytes(answer)
+        finally:
+            self.metrics.in_flight.dec()
+        total = time.monotonic() - started
+        self.metrics.requests.labels(self.policy.name, self._endpoint, "ok").inc()
+        if self._endpoint == "infer":
+            self._prev_total_ms = total * 1000
+            self.metrics.latency.labels(self.policy.name).observe(total)
+
+    async def _answer(self, frame: bytes, request_id: str) -> bytes:
+        """The encoded answer to one frame; raises Refused with the text the robot gets instead."""
         try:
             message = decode_frame(frame)
-            endpoint, session_id, seed = self._control(message)
+            self._endpoint, session_id, seed = self._control(message)
             if session_id is not None and session_id != self.session.id:
                 await self._end_sequence()
                 self.session = self._new_session(session_id)
-            if endpoint == "reset":
+            if self._endpoint == "reset":
                 await self._end_sequence()
                 self.session = self._new_session(session_id)
-                await self.websocket.send_bytes(encode({"status": "reset successful"}))
-                self.metrics.requests.labels(self.policy.name, endpoint, "ok").inc()
-                return
+                return encode({"status": "reset successful"})
             observation = {key: value for key, value in message.items() if key not in CONTROL_KEYS}
             tensors = observation_to_tensors(self.policy, observation, seed)
         except ProtocolError as error:
-            await self._send_error(str(error), "bad_request", endpoint, request_id)
-            return
+            raise Refused(str(error), "bad_request") from None
 
         sequence = None
         if self.policy.stateful:
@@ -117,13 +175,18 @@ class RobotConnection:
         try:
             outputs = await self.backend.infer(self.policy, tensors, request_id, sequence)
         except BackendUnavailable as error:
-            await self._send_error(str(error), "backend_unavailable", endpoint, request_id)
-            return
+            raise Refused(str(error), "backend_unavailable") from None
+        except SequenceLost:
+            # The session goes on under its id with a fresh Triton sequence; the robot must know that the
+            # policy's memory of it is gone.
+            self.session = self._new_session(self.session.id)
+            raise Refused(f"policy {self.policy.name!r} lost this session's state (the policy backend restarted "
+                          "or reloaded the policy); the session starts over with your next frame",
+                          "session_restarted") from None
         except BackendRejected as error:
-            await self._send_error(f"policy {self.policy.name!r} failed on this observation: {error}",
-                                   "backend_error", endpoint, request_id)
-            return
+            raise Refused(f"policy {self.policy.name!r} failed on this observation: {error}", "backend_error") from None
         infer_ms = (time.monotonic() - infer_start) * 1000
+        self._check_finite(outputs)
         self.session.calls += 1
         if self.policy.stateful:
             self.session.last_tensors = tensors
@@ -131,27 +194,39 @@ class RobotConnection:
         timing: dict[str, float] = {"infer_ms": infer_ms}
         if self._prev_total_ms is not None:
             timing["prev_total_ms"] = self._prev_total_ms
-        await self.websocket.send_bytes(encode({**unbatch(self.policy, outputs), "server_timing": timing}))
-        total = time.monotonic() - started
-        self._prev_total_ms = total * 1000
-        self.metrics.requests.labels(self.policy.name, endpoint, "ok").inc()
-        self.metrics.latency.labels(self.policy.name).observe(total)
         log.debug("inference", extra=self._log_extra(request_id=request_id, infer_ms=round(infer_ms, 3)))
+        return encode({**unbatch(self.policy, outputs), "server_timing": timing})
+
+    def _check_finite(self, outputs: dict[str, np.ndarray]) -> None:
+        """A robot must never act on NaN or inf: such an output is an error, not an answer."""
+        for key, name in self.policy.outputs.items():
+            value = outputs[name]
+            if value.dtype.kind in "fc" and not np.isfinite(value).all():
+                output = repr(key) if key == name else f"{key!r} (model output {name!r})"
+                raise Refused(f"policy {self.policy.name!r} returned NaN or inf in output {output}; not sending it. "
+                              "The observation may lie far outside what the policy was trained on (for example "
+                              "a state beyond its normalisation range)", "nonfinite_output")
 
     @staticmethod
     def _control(message: dict[str, Any]) -> tuple[str, str | None, int | None]:
         endpoint = message.get("endpoint", "infer")
+        if not isinstance(endpoint, str):
+            raise ProtocolError(f"endpoint must be the string 'infer' or 'reset', got {_preview(endpoint)}")
         if endpoint not in ("infer", "reset"):
-            raise ProtocolError(f"unknown endpoint {str(endpoint)[:40]!r}; use 'infer' or 'reset'")
+            raise ProtocolError(f"unknown endpoint {endpoint[:40]!r}; use 'infer' or 'reset'")
         session_id = message.get("session_id")
-        if session_id is not None and not isinstance(session_id, (str, int)):
-            raise ProtocolError(f"session_id must be a string or an integer, got {type(session_id).__name__}")
+        if isinstance(session_id, np.integer):
+            session_id = int(session_id)
+        if session_id is not None and (not isinstance(session_id, (str, int)) or isinstance(session_id, bool)):
+            raise ProtocolError(f"session_id must be a string or an integer, got {_preview(session_id)}")
+        if isinstance(session_id, str) and len(session_id) > MAX_SESSION_ID_CHARS:
+            raise ProtocolError(f"session_id must be at most {MAX_SESSION_ID_CHARS} characters, got {len(session_id)}")
         seed = message.get("seed")
         if seed is not None:
             if isinstance(seed, np.integer):
                 seed = int(seed)
             if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
-                raise ProtocolError(f"seed must be an integer in [0, 2^63), got {str(seed)[:40]}")
+                raise ProtocolError(f"seed must be an integer in [0, 2^63), got {_preview(seed)}")
         return endpoint, None if session_id is None else str(session_id), seed
 
     async def _send_error(self, text: str, outcome: str, endpoint: str = "infer", request_id: str = "") -> None:

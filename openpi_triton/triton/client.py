@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from openpi_triton.triton.health import Health, unhealthy_stub_model
 from openpi_triton.triton.policy import Policy, PolicyConfigError, is_policy, policy_from_config
 from openpi_triton.triton.shared_memory import SharedMemoryPool, large_tensors
 from openpi_triton.triton.tensors import infer_input
@@ -34,14 +36,28 @@ _CHANNEL_ARGS = [
 _UNAVAILABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED")
 _REDISCOVER_INTERVAL_S = 2.0
 _FORGOTTEN_REGION = "Unable to find shared memory region"  # what Triton says after a restart
+# What Triton answers while a model is being loaded, or the server is starting and has not loaded it yet:
+# the model exists (the front discovered it), so these are outages, not the robot's fault.
+_MODEL_MISSING = ("Request for unknown model", "is not found", "is not ready", "has no available")
+# A request of a sequence Triton does not know: it restarted, or the model was reloaded, since the
+# sequence started.
+_SEQUENCE_UNKNOWN = "must specify the START flag"
+
+
+def _no_answer(error: InferenceServerException) -> bool:
+    return (error.status() or "") in _UNAVAILABLE or "Deadline" in (error.message() or "")
 
 
 class BackendUnavailable(RuntimeError):
-    """Triton cannot be reached or did not answer in time."""
+    """Triton cannot be reached, did not answer in time, or the policy's models are down."""
 
 
 class BackendRejected(RuntimeError):
     """Triton answered with an error for this request (bad tensor, model failure)."""
+
+
+class SequenceLost(BackendRejected):
+    """Triton no longer knows the sequence of a stateful session: the policy's state restarted."""
 
 
 @dataclass(frozen=True)
@@ -76,8 +92,10 @@ class Backend(Protocol):
 class TritonBackend:
     """`shared_memory`: pass camera frames to Triton through system shared memory (same host only)."""
 
-    def __init__(self, url: str, timeout_s: float = 10.0, shared_memory: bool = False) -> None:
+    def __init__(self, url: str, timeout_s: float = 10.0, shared_memory: bool = False,
+                 health: Health | None = None) -> None:
         self.url = url
+        self.health = health if health is not None else Health()
         self.timeout_s = timeout_s
         self.shared_memory = shared_memory
         self._client: grpcclient.InferenceServerClient | None = None
@@ -137,37 +155,67 @@ class TritonBackend:
             await self.discover()
         return self._policies.get(name)
 
+    def problem(self, policy: Policy) -> str | None:
+        """Why `policy` cannot serve now, as far as is known without asking Triton, or None."""
+        return self.health.problem(policy.models)
+
     async def readiness(self, names: list[str]) -> tuple[bool, str]:
-        """(ready, reason): Triton is up and every named policy's model is loaded and ready."""
+        """(ready, reason): Triton is up, and every named policy's models are loaded, ready and not known
+        to be down (a dead python stub leaves its model READY in Triton 2.51). The reason names each
+        policy that is not ready, and what is wrong with it."""
+        outage = self.health.server_outage()
+        if outage is not None:
+            return False, f"Triton at {self.url} is down: {outage.describe()}"
+        known = [f"policy {name!r} is not ready: {problem}" for name in names
+                 if name in self._policies and (problem := self.problem(self._policies[name]))]
+        if known:
+            return False, "; ".join(known)
         try:
             if not await self.client.is_server_ready(client_timeout=self.timeout_s):
-                return False, f"Triton at {self.url} is not ready"
+                return False, f"Triton at {self.url} is not ready{await self._models_not_ready()}"
             await self.discover()
+            problems = []
             for name in names:
                 if name not in self._policies:
                     reason = self.config_errors.get(name, "no such model with a policy_server_config parameter")
-                    return False, f"policy {name!r} is not available: {reason}"
-                if not await self.client.is_model_ready(name, client_timeout=self.timeout_s):
-                    return False, f"policy {name!r}: model not ready in Triton"
+                    problems.append(f"policy {name!r} is not available: {reason}")
+                elif not await self.client.is_model_ready(name, client_timeout=self.timeout_s):
+                    problems.append(f"policy {name!r}: model not ready in Triton")
         except InferenceServerException as error:
             return False, f"Triton at {self.url} is unreachable: {error.message()}"
-        return True, "ready"
+        return (False, "; ".join(problems)) if problems else (True, "ready")
+
+    async def _models_not_ready(self) -> str:
+        """Which models keep a not-ready Triton from being ready (it is only ready when all of them are)."""
+        with contextlib.suppress(InferenceServerException):
+            index = await self.client.get_model_repository_index(as_json=True, client_timeout=self.timeout_s)
+            waiting = [f"{m['name']} ({m.get('state', 'UNKNOWN')})" for m in index.get("models", [])
+                       if m.get("state") != "READY"]
+            if waiting:
+                return f" (models not ready: {', '.join(waiting)})"
+        return ""
 
     async def infer(
         self, policy: Policy, tensors: Mapping[str, np.ndarray], request_id: str, sequence: SequenceFlags | None = None,
     ) -> dict[str, np.ndarray]:
+        if self.health.heals:  # a supervisor is restarting tritonserver or reloading a model: say so at once
+            problem = self.problem(policy)
+            if problem is not None:
+                raise BackendUnavailable(f"policy backend unavailable (policy {policy.name!r}: {problem})")
         try:
-            return await self._infer(policy, tensors, request_id, sequence)
+            outputs = await self._infer(policy, tensors, request_id, sequence)
         except BackendRejected as error:
             if self._pool is None or _FORGOTTEN_REGION not in str(error):
                 raise
             self._pool.forget_registrations()  # Triton restarted since the regions were registered
-            return await self._infer(policy, tensors, request_id, sequence)
+            outputs = await self._infer(policy, tensors, request_id, sequence)
+        self.health.call_succeeded(policy.models)
+        return outputs
 
     async def _infer(
         self, policy: Policy, tensors: Mapping[str, np.ndarray], request_id: str, sequence: SequenceFlags | None,
     ) -> dict[str, np.ndarray]:
-        region, answered = None, False
+        region, answered, issued = None, False, time.monotonic()
         try:
             large = large_tensors(tensors) if self.shared_memory else {}
             if large:
@@ -190,16 +238,29 @@ class TritonBackend:
             )
             answered = True
         except InferenceServerException as error:
-            status = error.status() or ""
-            if status in _UNAVAILABLE or "Deadline" in (error.message() or ""):
-                reason = f"{status or 'no answer'}): {error.message()}"
-                raise BackendUnavailable(f"policy backend unavailable ({reason}") from None
-            answered = True
-            raise BackendRejected(error.message() or str(error)) from None
+            answered = not _no_answer(error)  # Triton is done with the request's shared memory
+            raise self._classify(policy, error, issued) from None
         finally:
             if region is not None and self._pool is not None:
                 (self._pool.release if answered else self._pool.retire)(region)
         return {name: result.as_numpy(name) for name in policy.outputs.values()}
+
+    def _classify(self, policy: Policy, error: InferenceServerException, issued: float) -> Exception:
+        """A failed call as the robot should hear of it: the backend's fault (unavailable, with what is
+        known about why), a lost sequence, or a rejection of this observation."""
+        status, message = error.status() or "", error.message() or str(error)
+        if _no_answer(error):
+            return BackendUnavailable(f"policy backend unavailable ({status or 'no answer'}): {message}")
+        broken = unhealthy_stub_model(message)
+        if broken is not None:
+            self.health.call_failed(broken, "its python stub process is not healthy (it died)", issued)
+        if broken is not None or any(marker in message for marker in _MODEL_MISSING):
+            known = self.problem(policy)
+            detail = f"policy {policy.name!r}: {known}" if known else message
+            return BackendUnavailable(f"policy backend unavailable ({detail})")
+        if _SEQUENCE_UNKNOWN in message:
+            return SequenceLost(message)
+        return BackendRejected(message)
 
     def _shared_memory_pool(self) -> SharedMemoryPool:
         if self._pool is None:

@@ -1,24 +1,33 @@
 """Start and stop the tritonserver that NVIDIA ships in the `nvidia-pytriton` wheel (Triton 2.51).
 
-Used by `openpi-triton serve` (no --triton-url) and by the integration tests. The server runs the
-CPU configuration of every model (`--model-config-name=cpu`), its python models import this
-project's packages, and it dies with its parent: nothing is left behind after a crash or kill.
+Used by `openpi-triton serve` (no --triton-url, under `supervisor.TritonSupervisor`) and by the
+integration tests. The server runs the CPU configuration of every model (`--model-config-name=cpu`),
+its python models import this project's packages, and it dies with its parent. Stopping it, or
+cleaning up after it died, leaves nothing behind: no process of its group (python-backend stubs
+included) and none of its python-backend shared-memory regions.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Sequence
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from openpi_triton.config import CPU_CONFIG_NAME, TRITON_GRPC_PORT, TRITON_HTTP_PORT, TRITON_METRICS_PORT
-from openpi_triton.process import Child, ChildFailed, port_is_free, url_answers
+from openpi_triton.process import Child, ChildFailed, group_members, port_is_free, url_answers
 
+SHARED_MEMORY_DIR = Path("/dev/shm")
+STUB_NAME = "triton_python_backend_stub"
 INSTALL_HINT = "install it with `pip install nvidia-pytriton==0.7.0` (or run `make serve`, which does)"
 
 
@@ -108,8 +117,17 @@ class EmbeddedTriton:
     model_config_name: str = CPU_CONFIG_NAME
     log_verbose: int = 0
     startup_timeout_s: float = 180.0
+    # Explicit model control (every model loaded at start) is what lets a model be unloaded and loaded
+    # again, the only way Triton 2.51 respawns a python stub that died.
+    explicit_model_control: bool = True
+    # How long tritonserver waits for models to unload on SIGTERM; past it, it exits anyway. Its default,
+    # 30 s, is all spent waiting for a model whose stub is dead.
+    exit_timeout_s: float = 5.0
     extra_args: Sequence[str] = ()
     child: Child | None = field(default=None, init=False)
+    # The python backend names its shared-memory regions <prefix><uuid>; a prefix of each server's own
+    # tells its regions from those of any other tritonserver on the host.
+    shm_prefix: str = field(default="", init=False)
 
     @property
     def grpc_url(self) -> str:
@@ -136,12 +154,16 @@ class EmbeddedTriton:
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             "--strict-readiness=true",
+            f"--exit-timeout-secs={max(1, round(self.exit_timeout_s))}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             f"--log-verbose={self.log_verbose}",
-            *self.extra_args,
         ]
-        return args
+        if self.explicit_model_control:
+            args += ["--model-control-mode=explicit", "--load-model=*"]
+        return [*args, *self.extra_args]
 
-    def start(self) -> EmbeddedTriton:
+    def start(self, cancelled: Callable[[], bool] | None = None) -> EmbeddedTriton:
+        """Start and wait until every model is ready; `cancelled()` true aborts the wait (and the server)."""
         for repo in self.model_repositories:
             if not Path(repo).is_dir():
                 raise EmbeddedTritonError(f"model repository {repo} does not exist")
@@ -158,9 +180,10 @@ class EmbeddedTriton:
             )
         install = find_triton()
         place_python_stub(install)
+        self.shm_prefix = f"tritonpb_{secrets.token_hex(6)}_"
         self.child = Child.start("tritonserver", self.command(install), env=_stub_environment(install))
         try:
-            self.child.wait_ready(f"{self.http_url}/v2/health/ready", self.startup_timeout_s)
+            self.child.wait_ready(f"{self.http_url}/v2/health/ready", self.startup_timeout_s, cancelled)
         except ChildFailed as error:
             self.stop()
             raise EmbeddedTritonError(str(error)) from None
@@ -172,15 +195,81 @@ class EmbeddedTriton:
     def is_ready(self) -> bool:
         return url_answers(f"{self.http_url}/v2/health/ready")
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Graceful stop (SIGTERM: Triton unloads models and ends its stubs), then SIGKILL the group.
-        The log is kept only when tritonserver did not exit cleanly (the error message points at it)."""
+    def exited(self) -> bool:
+        """tritonserver was started and has exited since (`stop` cleans up after it)."""
+        return self.child is not None and self.child.exited()
+
+    def shared_memory_regions(self) -> list[Path]:
+        """This server's python-backend regions in /dev/shm (the front's own regions are not among them)."""
+        if not self.shm_prefix:
+            return []
+        return sorted(SHARED_MEMORY_DIR.glob(self.shm_prefix + "*"))  # the prefix has no glob characters
+
+    def python_stubs(self) -> dict[int, str]:
+        """The live python-backend stubs of this server: pid -> the model it runs."""
+        if self.child is None:
+            return {}
+        stubs = {}
+        for pid in group_members(self.child.pid):
+            model = _stub_model(pid)
+            if model is not None:
+                stubs[pid] = model
+        return stubs
+
+    def reload_model(self, name: str, timeout_s: float = 120.0) -> None:
+        """Unload `name` and load it again, which starts fresh python stubs for it.
+
+        Loading a model that is already loaded does nothing when neither its files nor its config changed
+        (measured on Triton 2.51: 2 ms, the dead stub stays dead), so it is unloaded first. Raises
+        EmbeddedTritonError with Triton's reason."""
+        model = urllib.parse.quote(name, safe="")
+        for action in ("unload", "load"):
+            request = urllib.request.Request(f"{self.http_url}/v2/repository/models/{model}/{action}", data=b"{}",
+                                             method="POST", headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=timeout_s):
+                    pass
+            except urllib.error.HTTPError as error:
+                raise EmbeddedTritonError(f"{action} of model {name!r} failed: {_triton_error(error)}") from None
+            except (urllib.error.URLError, OSError) as error:
+                raise EmbeddedTritonError(f"{action} of model {name!r} failed: {error}") from None
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Graceful stop (SIGTERM: Triton unloads models and ends its stubs), then SIGKILL of whatever is
+        left of its process group, then removal of its python-backend shared memory. Also the clean-up
+        after a tritonserver that died. The log is kept only when tritonserver did not exit cleanly (the
+        error message points at it)."""
         child, self.child = self.child, None
         if child is not None:
-            child.stop(timeout_s)
+            child.stop(self.exit_timeout_s + 10 if timeout_s is None else timeout_s)
+        # Only now: a stub that still ran could have been using them.
+        for region in self.shared_memory_regions():
+            region.unlink(missing_ok=True)
 
     def __enter__(self) -> EmbeddedTriton:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _stub_model(pid: int) -> str | None:
+    """The model a python-backend stub runs, read from its command line, whose first argument is the
+    model's file: <repository>/<model>/<version>/model.py."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            argv = cmdline.read().split(b"\0")
+    except OSError:
+        return None
+    if len(argv) < 2 or not argv[0].endswith(STUB_NAME.encode()):
+        return None
+    parts = Path(os.fsdecode(argv[1])).parts
+    return parts[-3] if len(parts) >= 3 else None
+
+
+def _triton_error(error: urllib.error.HTTPError) -> str:
+    body = error.read().decode(errors="replace")
+    try:
+        return str(json.loads(body).get("error", body))
+    except (ValueError, AttributeError):
+        return body or str(error)

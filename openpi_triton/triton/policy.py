@@ -54,6 +54,8 @@ class Policy:
     batched: bool  # max_batch_size > 0: tensors carry a leading batch axis
     # response key -> how many leading entries of each axis of one example the robot gets
     slices: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # Every model a call goes through: the policy's own and, for an ensemble, each step's.
+    models: tuple[str, ...] = ()
 
     @property
     def required_keys(self) -> list[str]:
@@ -137,6 +139,8 @@ def policy_from_config(config: Mapping[str, Any]) -> Policy:
         name=name, metadata=metadata, inputs=tuple(inputs), outputs=outputs, seed_input=seed_input,
         stateful="sequence_batching" in config or params.get("stateful", "").lower() == "true",
         batched=int(config.get("max_batch_size", 0)) > 0, slices=slices,
+        models=(name, *dict.fromkeys(step["model_name"] for step in
+                                     config.get("ensemble_scheduling", {}).get("step", []))),
     )
 
 
