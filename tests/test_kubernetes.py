@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
+from openpi_triton.config import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 IMAGES = KUBERNETES / "images"
@@ -246,8 +248,10 @@ def test_front_probes_and_ports(overlay, routes):
     assert selects(service["spec"]["selector"], pod_labels(objects, FRONT))
     assert not selects(service["spec"]["selector"], pod_labels(objects, TRITON))
     assert [port_number(front, p["targetPort"]) for p in service["spec"]["ports"]] == [port]
-    # A later --drain-timeout must fit inside the grace period; Kubernetes' default (30 s) is too short.
-    assert spec["terminationGracePeriodSeconds"] > 30
+    # The drain must finish before the kubelet's SIGKILL, with time left for the process to exit.
+    drain = option(serve_argv(objects), "--drain-timeout")
+    drain_s = float(drain) if drain is not None else Settings().drain_timeout_s
+    assert spec["terminationGracePeriodSeconds"] >= drain_s + 10
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
