@@ -153,7 +153,8 @@ def test_environment_variables_are_read_and_checked():
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("fmt, shape", [("libero", "(10, 7)"), ("droid", "(15, 8)"), ("aloha", "(50, 14)")])
+@pytest.mark.parametrize("fmt, shape", [("libero", "(10, 7)"), ("droid", "(15, 8)"), ("aloha", "(50, 14)"),
+                                        ("so100", "{'action.single_arm': (16, 5), 'action.gripper': (16, 1)}")])
 def test_demo_client_runs_a_robot_loop(front, fmt, shape):
     port = front.rsplit(":", 1)[1]
     result = cli("client", "--format", fmt, "--steps", "3", "--host", "127.0.0.1", "--port", port)

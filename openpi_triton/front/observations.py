@@ -152,3 +152,15 @@ def rows_response(policy: Policy, outputs: Mapping[str, np.ndarray]) -> dict[str
             raise ProtocolError(f"policy {policy.name!r} output {key!r} is text; GR00T replies carry arrays only")
         response[key] = value
     return response
+
+
+def nonfinite_output(policy: Policy, outputs: Mapping[str, np.ndarray]) -> str | None:
+    """Why these outputs must not reach a robot, or None: a robot must never act on NaN or inf."""
+    for key, name in policy.outputs.items():
+        value = outputs[name]
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            output = repr(key) if key == name else f"{key!r} (model output {name!r})"
+            return (f"policy {policy.name!r} returned NaN or inf in output {output}; not sending it. The observation "
+                    "may lie far outside what the policy was trained on (for example a state beyond its "
+                    "normalisation range)")
+    return None
