@@ -38,7 +38,8 @@ def decode_request(body: bytes | memoryview) -> dict[str, Any]:
     try:
         message = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
     except Exception as error:  # msgpack raises several unrelated types for malformed input
-        raise ProtocolError(f"the request is not valid msgpack ({type(error).__name__}: {error})") from None
+        detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        raise ProtocolError(f"the request is not valid msgpack ({detail})") from None
     if not isinstance(message, dict):
         raise ProtocolError(f"expected a msgpack map {{endpoint, data, api_token}}, got {type(message).__name__}")
     return message
