@@ -3,7 +3,9 @@ GR00T's wire protocol (ZeroMQ REQ, msgpack, np.save arrays), beside stock openpi
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +21,7 @@ import zmq
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from zmq.utils.monitor import parse_monitor_message
 
+from openpi_triton.cli import bench as bench_command
 from openpi_triton.example_observations import libero, so100
 from openpi_triton.loadgen.fleet import ServerError
 from openpi_triton.loadgen.gr00t import Gr00tClient, action_data, pack_request
@@ -274,3 +277,16 @@ def test_unknown_msgpack_envelope_fields_are_ignored(client):
     """GR00T's envelope has endpoint, data and api_token; a client library adding a field is still served."""
     body = msgpack.packb({"endpoint": "ping", "client": "isaac-lab"})
     assert client.raw(body) == {"status": "ok", "message": "Server is running"}
+
+
+@pytest.mark.parametrize("generation", ["n1.5", "n1.6"])
+def test_bench_drives_gr00t_clients(endpoint, tmp_path, generation):
+    parser = argparse.ArgumentParser()
+    bench_command.register(parser.add_subparsers())
+    args = parser.parse_args(["bench", "--protocol", "gr00t", "--gr00t-generation", generation, "--format", "so100",
+                              "--host", "127.0.0.1", "--port", str(endpoint[1]), "--robots", "2", "--rate", "20",
+                              "--duration", "1", "--warmup", "0.2", "--output", str(tmp_path)])
+    args.run(args)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["protocol"] == "gr00t" and results["url"] == f"tcp://127.0.0.1:{endpoint[1]}"
+    assert all(p["requests"] > 0 and p["errors"] == 0 for p in results["points"]), results["points"]
