@@ -38,6 +38,19 @@ async def _both(args: argparse.Namespace, urls: dict[str, str], frames: dict[str
         for protocol in ("gr00t", "openpi"))))
 
 
+def shared_a_batch(core_batches: dict[int, int], gr00t_requests: int, total: int) -> bool | None:
+    """Whether the policy core's executions provably mixed the two protocols: True when no subset of its
+    batches holds exactly the GR00T requests (so some batch held requests of both); None when the counts
+    cannot tell (Triton reports batch sizes, not which requests shared one)."""
+    if sum(size * count for size, count in core_batches.items()) != total:
+        return None  # other traffic in the window: the counts do not describe these fleets alone
+    reachable = 1  # bit n set: some subset of the batches holds n requests
+    for size, count in core_batches.items():
+        for _ in range(count):
+            reachable |= reachable << size
+    return None if reachable >> gr00t_requests & 1 else True
+
+
 def _row(point: PointResult) -> str:
     lat = point.latency_ms
     return (f"| {point.row} | {point.robots} | {point.requests} | {point.throughput:.1f} | {lat['p50']:.1f} | "
@@ -59,8 +72,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 before = {name: entry for s in stats for name, entry in s.snapshot().items()}
                 results = asyncio.run(_both(args, urls, frames, robots))
                 after = {name: entry for s in stats for name, entry in s.snapshot().items()}
-                points.append({"robots": robots, "fleets": [r.to_dict() for r in results],
-                               "triton": delta(before, after)})
+                triton = delta(before, after)
+                core = {int(size): b["executions"] for size, b in triton["policy_core"]["batches"].items()}
+                mixed = shared_a_batch(core, triton[GR00T_POLICY]["requests"],
+                                       triton[GR00T_POLICY]["requests"] + triton[OPENPI_POLICY]["requests"])
+                points.append({"robots": robots, "fleets": [r.to_dict() for r in results], "triton": triton,
+                               "protocols_shared_a_batch": mixed})
         finally:
             for s in stats:
                 s.close()
@@ -74,13 +91,16 @@ def table(results: dict[str, Any]) -> str:
     for point in results["points"]:
         lines += [_row(PointResult(**{k: v for k, v in fleet.items()})) for fleet in point["fleets"]]
     lines += ["", "| robots (each fleet) | so100 requests | libero requests | policy_core executions | "
-              "average batch | batch sizes (executions) |", "| --- | --- | --- | --- | --- | --- |"]
+              "average batch | batch sizes (executions) | a batch held both protocols |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     for point in results["points"]:
         triton = point["triton"]
         core = triton["policy_core"]
         sizes = ", ".join(f"{size}: {b['executions']}" for size, b in core["batches"].items())
+        mixed = {True: "yes (no subset of the batches holds exactly the GR00T requests)",
+                 None: "not provable from the counts"}[point["protocols_shared_a_batch"]]
         lines.append(f"| {point['robots']} | {triton['so100']['requests']} | {triton['libero']['requests']} | "
-                     f"{core['executions']} | {core['avg_batch']:.1f} | {sizes} |")
+                     f"{core['executions']} | {core['avg_batch']:.1f} | {sizes} | {mixed} |")
     return "\n".join(lines)
 
 
