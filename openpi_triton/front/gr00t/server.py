@@ -184,11 +184,14 @@ class Gr00tServer:
         """Forget clients whose connection closed (monitor events) or that went idle."""
         assert self._monitor is not None
         while True:
-            if await self._monitor.poll(EXPIRY_CHECK_S * 1000):
-                event = parse_monitor_message(await self._monitor.recv_multipart())
-                if event["event"] == zmq.EVENT_DISCONNECTED:
-                    self._disconnected(int(event["value"]))
-            self._expire(time.monotonic())
+            try:
+                if await self._monitor.poll(EXPIRY_CHECK_S * 1000):
+                    event = parse_monitor_message(await self._monitor.recv_multipart())
+                    if event["event"] == zmq.EVENT_DISCONNECTED:
+                        self._disconnected(int(event["value"]))
+                self._expire(time.monotonic())
+            except (zmq.ZMQError, ValueError, KeyError):  # an unreadable event: the idle timeout still applies
+                log.exception("unreadable GR00T socket event")
 
     # --- requests -----------------------------------------------------------------------------------
 
@@ -196,21 +199,28 @@ class Gr00tServer:
         assert self._socket is not None
         while True:
             frames = await self._socket.recv_multipart(copy=False)
-            # REQ clients: [identity, b"", body]; a DEALER may leave out the empty delimiter.
-            delimited = len(frames) > 1 and len(frames[1]) == 0
-            envelope = [frame.bytes for frame in frames[: 2 if delimited else 1]]
-            body = frames[len(envelope):]
-            identity = envelope[0]
-            if len(body) != 1:
-                await self._send(envelope, encode_reply({"error": f"expected a request of one frame, got {len(body)}"}))
-                continue
-            refusal = self._admit(identity, _source_fd(body[0]))
-            if refusal is not None:
-                await self._send(envelope, encode_reply({"error": refusal}))
-                continue
-            task = asyncio.create_task(self._handle(identity, envelope, body[0].buffer))
-            self._handlers.add(task)
-            task.add_done_callback(self._handlers.discard)
+            try:
+                await self._accept(frames)
+            except Exception:  # a bug on one message must not stop the endpoint
+                log.exception("unexpected error on a GR00T message")
+
+    async def _accept(self, frames: list[zmq.Frame]) -> None:
+        """Start answering one message, or refuse it at once."""
+        # REQ clients: [identity, b"", body]; a DEALER may leave out the empty delimiter.
+        delimited = len(frames) > 1 and len(frames[1]) == 0
+        envelope = [frame.bytes for frame in frames[: 2 if delimited else 1]]
+        body = frames[len(envelope):]
+        identity = envelope[0]
+        if len(body) != 1:
+            await self._send(envelope, encode_reply({"error": f"expected a request of one frame, got {len(body)}"}))
+            return
+        refusal = self._admit(identity, _source_fd(body[0]))
+        if refusal is not None:
+            await self._send(envelope, encode_reply({"error": refusal}))
+            return
+        task = asyncio.create_task(self._handle(identity, envelope, body[0].buffer))
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
 
     async def _send(self, envelope: list[bytes], payload: bytes) -> None:
         assert self._socket is not None
