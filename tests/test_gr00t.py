@@ -239,6 +239,48 @@ def test_sixteen_gr00t_and_sixteen_openpi_robots_share_the_policy_core(endpoint,
     assert 'endpoint="get_action",outcome="ok",policy="so100",protocol="gr00t"' in metrics
 
 
+def _batches(stats) -> dict[int, int]:
+    return {batch.batch_size: batch.compute_infer.count for batch in stats.batch_stats}
+
+
+def test_one_policy_core_execution_holds_a_gr00t_and_an_openpi_request(endpoint, triton):
+    """Cross-protocol batching, shown by Triton's batch statistics: while the core runs a 16-environment GR00T
+    request, one more GR00T environment and one OpenPI robot's frame arrive. Nothing else is queued, so the
+    core's next execution is a batch of 2 that can only hold one request of each protocol."""
+    url, port = endpoint
+    stats = grpcclient.InferenceServerClient(triton.grpc_url)
+    core_before = settled_statistics(stats, "policy_core")
+    preprocessed = settled_statistics(stats, "so100_preprocess").execution_count
+    robot = WebsocketClientPolicy(host=f"{url}/v1/realtime/robot/openpi/libero")
+    answers: dict[str, tuple] = {}
+
+    def gr00t(name: str, environments: int) -> None:
+        with Gr00tClient("127.0.0.1", port, timeout_ms=120_000) as client:
+            answers[name] = client.get_action(observation(), "n1.6", environments=environments)[0]["gripper"].shape
+
+    def openpi() -> None:
+        answers["openpi"] = robot.infer(libero(np.random.default_rng(0)))["actions"].shape
+
+    big = threading.Thread(target=gr00t, args=("big", 16))
+    big.start()
+    # The big request has left its preprocess: the policy core is running it now (~20 ms per environment here).
+    deadline = time.monotonic() + 60
+    while stats.get_inference_statistics("so100_preprocess").model_stats[0].execution_count == preprocessed:
+        assert time.monotonic() < deadline, "the 16-environment request never reached the policy core"
+        time.sleep(0.005)
+    small = [threading.Thread(target=gr00t, args=("small", 1)), threading.Thread(target=openpi)]
+    for thread in small:
+        thread.start()
+    for thread in [big, *small]:
+        thread.join()
+    assert answers == {"big": (16, *GRIPPER), "small": (1, *GRIPPER), "openpi": (10, 7)}
+
+    core_after = settled_statistics(stats, "policy_core", core_before.inference_count + 18)
+    before, after = _batches(core_before), _batches(core_after)
+    new_batches = {size: after[size] - before.get(size, 0) for size in after if after[size] != before.get(size, 0)}
+    assert new_batches == {16: 1, 2: 1}, f"policy core batches of these three requests: {new_batches}"
+
+
 def test_serve_flags_and_an_allowed_kill_stop_the_server(triton):
     """`openpi-triton serve --gr00t-port` on an existing Triton (the environment variable works too), and
     `--gr00t-allow-kill`: a GR00T client's kill gets its reply, then the server drains and exits 0."""
