@@ -35,10 +35,12 @@ def _run_batched(
     output_names: Sequence[str],
     work: Callable[[list[dict[str, Any]]], dict[str, Any]],
     read: Callable[[Any], Any] = _as_numpy,
-    wrap: Callable[[str, Any], Any] = pb_utils.Tensor,
+    wrap: Callable[[str, Any], Any] | None = None,
 ) -> list[Any]:
     """`read` turns each input into what `work` takes (NumPy arrays by default), `wrap` each request's rows
-    of an output into a pb_utils.Tensor."""
+    of an output into a pb_utils.Tensor (pb_utils.Tensor itself by default, which the stub defines only
+    after it has imported the model)."""
+    wrap = wrap or pb_utils.Tensor
     try:
         inputs = [
             {name: read(pb_utils.get_input_tensor_by_name(request, name)) for name in input_names}

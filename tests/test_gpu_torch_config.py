@@ -5,7 +5,6 @@ the float16 tolerance the GPU is held to, for every format, alone and batched.""
 
 from __future__ import annotations
 
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +16,8 @@ import tritonclient.grpc as grpcclient
 from openpi_policy.torch_core import FP16_TOLERANCE
 from openpi_triton.config import CPU_CONFIG_NAME, GPU_TORCH_CONFIG_NAME
 from openpi_triton.example_observations import make_observations
+from openpi_triton.front.codec import flatten
 from openpi_triton.front.observations import observation_to_tensors
-from openpi_triton.process import free_port
 from openpi_triton.triton.embedded import EmbeddedTriton, TritonInstall
 from openpi_triton.triton.repository import (
     core_needs_onnx,
@@ -32,25 +31,6 @@ from .conftest import MODEL_REPOSITORY, settled_statistics
 FORMATS = ("libero", "droid", "aloha")
 
 
-def gpu_config_on_cpu(tmp_path: Path) -> Path:
-    """A copy of the repository without model.onnx, whose gpu_torch policy core runs on the CPU."""
-    repo = tmp_path / "model_repository"
-    shutil.copytree(MODEL_REPOSITORY, repo, ignore=shutil.ignore_patterns("__pycache__", "model.onnx", "model.plan"))
-    config = repo / "policy_core" / "configs" / f"{GPU_TORCH_CONFIG_NAME}.pbtxt"
-    text = config.read_text()
-    assert "KIND_GPU" in text
-    config.write_text(text.replace("KIND_GPU", "KIND_CPU"))
-    return repo
-
-
-@pytest.fixture(scope="module")
-def torch_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedTriton]:
-    repo = gpu_config_on_cpu(tmp_path_factory.mktemp("gpu_torch"))
-    with EmbeddedTriton([repo], http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                        model_config_name=GPU_TORCH_CONFIG_NAME) as server:
-        yield server
-
-
 @pytest.fixture(scope="module")
 def client(torch_triton: EmbeddedTriton) -> Iterator[grpcclient.InferenceServerClient]:
     with grpcclient.InferenceServerClient(torch_triton.grpc_url) as client:
@@ -58,7 +38,7 @@ def client(torch_triton: EmbeddedTriton) -> Iterator[grpcclient.InferenceServerC
 
 
 def _inputs(name: str, seed: int) -> dict[str, np.ndarray]:
-    observation = make_observations(name, 1, seed)[0]
+    observation = flatten(make_observations(name, 1, seed)[0])  # nested keys as the front flattens them
     return observation_to_tensors(policy_from_repository(MODEL_REPOSITORY, name), observation, seed)
 
 
