@@ -236,8 +236,9 @@ def run(config: GpuFleetConfig, triton: tuple[str, int | None] | None = None) ->
             model_config_name=GPU_TORCH_CONFIG_NAME, device=config.device, tritonserver=config.tritonserver)
         run_side_by_side(side, triton, core)
     results = json.loads((output / "results.json").read_text())
-    report = {"device": info, "config": {**asdict(config), "model_repository": str(config.model_repository),
-                                         "output": str(output), "tritonserver": str(config.tritonserver)},
+    settings = {**asdict(config), "model_repository": str(config.model_repository), "output": str(output),
+                "tritonserver": None if config.tritonserver is None else str(config.tritonserver)}
+    report = {"device": info, "config": settings,
               "core_parity": parity, "triton_parity": served, "graph_replay_ms": replay,
               "targets": gpu_targets(results)}
     (output / "gpu.json").write_text(json.dumps(report, indent=1))

@@ -28,11 +28,13 @@ import json
 import os
 import re
 import shutil
+import site as site_module
 import struct
 import subprocess
 import sys
 import sysconfig
 import tarfile
+import tempfile
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -42,9 +44,12 @@ ROOT = Path(__file__).resolve().parent.parent
 ARCHIVE = ROOT / "build" / "gpu-kit.tar.xz"
 HOST_DIR = ROOT / ".gpu-host"
 MAX_BYTES = 64 * 2**20
-PYTHON = "3.12"
-# The oldest glibc the wheel's tritonserver runs on, so the oldest the host can have.
-PLATFORM = "manylinux_2_35_x86_64"
+PYTHON = "3.12"  # the GPU host's; `build --python 3.11` makes a kit this machine can rehearse with
+# The wheel's tritonserver needs glibc 2.35, so the host has it: wheels for it or any older glibc run there
+# (pip takes only the platform tags it is given, so every one of them is listed).
+GLIBC_MINOR = 35
+PLATFORMS = (*(f"manylinux_2_{minor}_x86_64" for minor in range(GLIBC_MINOR, 16, -1)),
+             "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64")
 # What the GPU host has; never carried.
 HOST_PACKAGES = ("numpy", "grpcio", "msgpack", "torch")
 # What the GPU run imports (with the extras it uses), beyond HOST_PACKAGES; their dependencies follow.
@@ -84,13 +89,14 @@ def needed_libraries(path: Path) -> list[str]:
 
 # --- here: the build ---
 
-def tritonserver_files(install_root: Path) -> dict[str, Path]:
-    """Archive path -> file, for the wheel's tritonserver at `install_root` (pytriton/tritonserver)."""
+def tritonserver_files(install_root: Path, python: str = PYTHON) -> dict[str, Path]:
+    """Archive path -> file, for the wheel's tritonserver at `install_root` (pytriton/tritonserver), with
+    the python-backend stub of `python`."""
     root = Path(install_root)
     libs = root.parent.parent / "nvidia_pytriton.libs"
     files = {"tritonserver/bin/tritonserver": root / "bin" / "tritonserver",
-             f"tritonserver/python_backend_stubs/{PYTHON}/triton_python_backend_stub":
-                 root / "python_backend_stubs" / PYTHON / "triton_python_backend_stub",
+             f"tritonserver/python_backend_stubs/{python}/triton_python_backend_stub":
+                 root / "python_backend_stubs" / python / "triton_python_backend_stub",
              "tritonserver/caches/local/libtritoncache_local.so": root / "caches" / "local" / "libtritoncache_local.so"}
     for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
         files[f"tritonserver/backends/python/{name}"] = root / "backends" / "python" / name
@@ -120,14 +126,14 @@ def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def carried_packages(roots: Iterable[str] = ROOTS) -> dict[str, str]:
+def carried_packages(roots: Iterable[str] = ROOTS, python: str = PYTHON) -> dict[str, str]:
     """Distribution -> version (as installed here) of what the kit carries: the roots and their dependencies
-    on CPython 3.12 on Linux, without HOST_PACKAGES and NOT_CARRIED."""
+    on CPython `python` on Linux, without HOST_PACKAGES and NOT_CARRIED."""
     from importlib import metadata
 
     from packaging.requirements import Requirement
 
-    environment = {"python_version": PYTHON, "python_full_version": f"{PYTHON}.0", "sys_platform": "linux",
+    environment = {"python_version": python, "python_full_version": f"{python}.0", "sys_platform": "linux",
                    "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
                    "implementation_name": "cpython", "platform_python_implementation": "CPython"}
     skip = {_canonical(name) for name in (*HOST_PACKAGES, *NOT_CARRIED)}
@@ -151,11 +157,12 @@ def carried_packages(roots: Iterable[str] = ROOTS) -> dict[str, str]:
     return dict(sorted(found.items()))
 
 
-def download_wheels(packages: dict[str, str], cache: Path) -> list[Path]:
-    """Each package's wheel for CPython 3.12 on Linux x86_64 (kept in `cache` between builds)."""
-    cache.mkdir(parents=True, exist_ok=True)
+def download_wheels(packages: dict[str, str], cache: Path, python: str = PYTHON) -> list[Path]:
+    """Each package's wheel for CPython `python` on Linux x86_64, into the empty directory `cache` (pip's own
+    HTTP cache keeps a second build from downloading again)."""
     command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-               "--python-version", PYTHON, "--implementation", "cp", "--platform", PLATFORM,
+               "--python-version", python, "--implementation", "cp",
+               *(option for platform in PLATFORMS for option in ("--platform", platform)),
                "--dest", str(cache), *(f"{name}=={version}" for name, version in packages.items())]
     subprocess.run(command, check=True)
     wheels = []
@@ -168,35 +175,39 @@ def download_wheels(packages: dict[str, str], cache: Path) -> list[Path]:
     return wheels
 
 
-def wheel_members(wheel: Path) -> Iterable[tuple[str, zipfile.ZipInfo]]:
+def wheel_members(wheel: zipfile.ZipFile) -> Iterable[tuple[str, zipfile.ZipInfo]]:
     """(path under site-packages, member) for what an install puts in site-packages: purelib/platlib data
     moved to the top; scripts (perf_analyzer), headers and data files left out."""
-    with zipfile.ZipFile(wheel) as archive:
-        for member in archive.infolist():
-            if member.is_dir():
+    for member in wheel.infolist():
+        if member.is_dir():
+            continue
+        parts = member.filename.split("/")
+        if parts[0].endswith(".data"):
+            if len(parts) < 3 or parts[1] not in ("purelib", "platlib"):
                 continue
-            parts = member.filename.split("/")
-            if parts[0].endswith(".data"):
-                if len(parts) < 3 or parts[1] not in ("purelib", "platlib"):
-                    continue
-                parts = parts[2:]
-            yield "/".join(parts), member
+            parts = parts[2:]
+        yield "/".join(parts), member
 
 
-def build(output: Path = ARCHIVE, cache: Path | None = None, preset: int = 9) -> dict[str, Any]:
-    """Write the archive; returns its manifest (kit.json). Fails when it would not be carried (64 MiB)."""
+def build(output: Path = ARCHIVE, python: str = PYTHON, preset: int = 9) -> dict[str, Any]:
+    """Write the archive for CPython `python`; returns its manifest (kit.json). Fails when it would not be
+    carried (64 MiB)."""
     from openpi_triton.triton.embedded import find_triton
 
     output = Path(output)
-    cache = cache or output.parent / "gpu-kit-wheels"
-    files = tritonserver_files(find_triton().root)
+    files = tritonserver_files(find_triton().root, python)
     unresolved = unresolved_libraries(files)
     if unresolved:
         raise RuntimeError(f"kit files need libraries neither carried nor on every host: {unresolved}")
-    packages = carried_packages()
-    wheels = download_wheels(packages, cache)
-    manifest = {"python": PYTHON, "platform": PLATFORM, "packages": packages, "host_packages": list(HOST_PACKAGES),
+    packages = carried_packages(python=python)
+    manifest = {"python": python, "platform": PLATFORMS[0], "packages": packages, "host_packages": list(HOST_PACKAGES),
                 "tritonserver": sorted(files), "built_by": f"Python {sys.version.split()[0]}"}
+    with tempfile.TemporaryDirectory(prefix="gpu-kit-wheels-") as cache:
+        return _write(output, files, download_wheels(packages, Path(cache), python), manifest, preset)
+
+
+def _write(output: Path, files: dict[str, Path], wheels: list[Path], manifest: dict[str, Any],
+           preset: int) -> dict[str, Any]:
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")
     with tarfile.open(partial, "w:xz", preset=preset) as tar:
@@ -204,7 +215,7 @@ def build(output: Path = ARCHIVE, cache: Path | None = None, preset: int = 9) ->
             tar.add(path, name)
         for wheel in wheels:
             with zipfile.ZipFile(wheel) as archive:
-                for name, member in wheel_members(wheel):
+                for name, member in wheel_members(archive):
                     info = tarfile.TarInfo(f"site-packages/{name}")
                     info.size, info.mode = member.file_size, 0o644
                     with archive.open(member) as data:
@@ -272,8 +283,11 @@ def install(archive: Path = ARCHIVE, into: Path = HOST_DIR) -> Path:
                    check=True)
     site = subprocess.run([str(venv_python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()
-    # Before the host's site-packages: the kit's versions win over older ones the host may have.
-    Path(site, "openpi_gpu_kit.pth").write_text(f"{kit / 'site-packages'}\n{ROOT}\n")
+    # The kit's packages first (its versions win over older ones the host may have), the checkout, then
+    # this interpreter's own site-packages: when the host's torch lives in a virtual environment, a venv
+    # made from it sees only the base interpreter's.
+    lines = [str(kit / "site-packages"), str(ROOT), *site_module.getsitepackages()]
+    Path(site, "openpi_gpu_kit.pth").write_text("\n".join(lines) + "\n")
     stamp.write_text(json.dumps({"sha256": digest, "archive": str(archive), "python": manifest["python"]}))
     return venv_python
 
@@ -293,6 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     build_parser = sub.add_parser("build", help="build the archive (here: the dev venv and the package index)")
     build_parser.add_argument("--output", type=Path, default=ARCHIVE)
+    build_parser.add_argument("--python", default=PYTHON, help="the GPU host's Python (MAJOR.MINOR)")
     for name, text in (("install", "unpack the kit and make its venv (on the GPU host)"),
                        ("run", "install when needed, then benchmarks.gpu_fleet (arguments after --)")):
         command = sub.add_parser(name, help=text)
@@ -302,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
             command.add_argument("fleet_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command == "build":
-        manifest = build(args.output)
+        manifest = build(args.output, args.python)
         print(f"{args.output}: {manifest['bytes'] / 2**20:.1f} MiB, {len(manifest['packages'])} packages: "
               + ", ".join(f"{name} {version}" for name, version in manifest["packages"].items()))
     elif args.command == "install":

@@ -241,7 +241,8 @@ def write(config: SideBySideConfig, rows: dict[str, list[PointResult]], observat
     summary = targets(rows, paired, capacity)
     machine = machine_info()
     settings = {**asdict(config), "model_repository": str(config.model_repository), "output": str(output),
-                "schedule": config.schedule.describe()}
+                "schedule": config.schedule.describe(),
+                "tritonserver": None if config.tritonserver is None else str(config.tritonserver)}
     (output / "results.json").write_text(json.dumps({
         "config": settings, "machine": machine, "observation": describe(observation), "targets": summary,
         "core_capacity": capacity, "paired_one_robot": paired,
