@@ -12,7 +12,7 @@ On a host with a CUDA GPU and a Python with torch+CUDA (`benchmarks/gpu_kit.py` 
 4. writes results.json, table.md and the plots (as `make bench` does) and gpu.json + gpu.md (the targets,
    where each millisecond goes) under docs/results/<GPU name>/.
 
-    python -m benchmarks.gpu_fleet [--duration 20] [--robots 1,4,16,64] [--tritonserver DIR]
+    python -m benchmarks.gpu_fleet [--duration 15] [--robots 1,4,16,64] [--tritonserver DIR]
 
 `--device cpu` rehearses all of it on a CPU (float32, no CUDA graphs), on a copy of the repository whose
 policy core runs KIND_CPU; the tests run that with `--smoke`.
@@ -53,7 +53,8 @@ class GpuFleetConfig:
     model_repository: Path = DEFAULT_MODEL_REPOSITORY
     format: str = DEFAULT_POLICY
     robots: tuple[int, ...] = (1, 4, 16, 64)
-    duration_s: float = 20.0
+    # 12 points of 15 + 3 s, with the servers' starts and graph captures: ~6 min, within a 10-minute command.
+    duration_s: float = 15.0
     warmup_s: float = 3.0
     device: str = "cuda"
     output: Path | None = None  # default: docs/results/<GPU name>
@@ -256,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
     parser.add_argument("--format", default=DEFAULT_POLICY, help="observation format of the fleet")
     parser.add_argument("--robots", type=parse_robot_counts, default=(1, 4, 16, 64), help="default: 1,4,16,64")
-    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per point")
+    parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per point")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu for a rehearsal")
     parser.add_argument("--output", type=Path, help="default: docs/results/<GPU name>")
