@@ -19,6 +19,7 @@ from benchmarks import gpu_kit
 from benchmarks.gpu_fleet import GpuFleetConfig
 from benchmarks.gpu_fleet import run as run_gpu_fleet
 from benchmarks.gpu_report import gpu_targets
+from openpi_triton.example_observations import FORMATS
 from openpi_triton.triton.embedded import EmbeddedTriton, find_triton
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,12 +32,12 @@ def test_the_gpu_run_rehearsed_on_the_cpu(torch_triton: EmbeddedTriton, tmp_path
     report = run_gpu_fleet(config, triton=(torch_triton.grpc_url, torch_triton.pid))
 
     assert report["core_parity"]["ok"] and set(report["core_parity"]["batches"]) == {1, 3}
-    assert report["triton_parity"]["ok"] and set(report["triton_parity"]["formats"]) == {"libero", "droid", "aloha"}
+    assert report["triton_parity"]["ok"] and set(report["triton_parity"]["formats"]) == set(FORMATS)
     assert "float32" in report["core_parity"]["core"] and report["graph_replay_ms"] is None  # no CUDA here
     results = json.loads((tmp_path / "results.json").read_text())
     for row in ("triton", "front", "reference"):
         points = results["rows"][row]["points"]
-        assert [p["robots"] for p in points] == [1, 2]
+        assert [p["robots"] for p in points] == [1]
         assert all(p["requests"] > 0 and p["errors"] == 0 for p in points), row
     assert results["rows"]["front"]["points"][0]["triton"]["policy_core"]["requests"] > 0
     assert set(results["core_capacity"]["batches"]) == {"1", "2"}
@@ -83,9 +84,10 @@ def test_the_kit_carries_tritonserver_and_every_library_it_links():
 
 
 # Imported somewhere in the packages, but not on the GPU run: the CPU config's ONNX Runtime, the export
-# (torch.onnx), an optional tokenizer, the wheel the kit's tritonserver replaces, Triton's own stub module.
+# (torch.onnx), an optional tokenizer, the wheel the kit's tritonserver replaces, Triton's own stub module,
+# ZeroMQ (GR00T clients, `serve --gr00t-port` only).
 NOT_ON_THE_GPU_RUN = {"onnxruntime", "onnx", "onnxscript", "sentencepiece", "nvidia-pytriton",
-                      "triton_python_backend_utils"}
+                      "triton_python_backend_utils", "pyzmq"}
 GPU_RUN_BENCHMARKS = ("gpu_fleet", "gpu_report", "side_by_side", "servers", "channels", "reference_server",
                       "observations", "report", "triton_stats", "front_overhead", "overhead_servers",
                       "core_capacity", "cpu")

@@ -1,7 +1,7 @@
 """The PyTorch policy core config (`--model-config-name=gpu_torch`) served by a real tritonserver: here on
 the CPU (its instance group switched to KIND_CPU, which runs float32 without CUDA graphs, since this
 machine has no GPU), with no model.onnx in the repository. Its actions match the CPU ONNX path within
-the float16 tolerance the GPU is held to, for every format, alone and batched."""
+the float16 tolerance the GPU is held to, for every format (GR00T's so100 too), alone and batched."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import tritonclient.grpc as grpcclient
 
 from openpi_policy.torch_core import FP16_TOLERANCE
 from openpi_triton.config import CPU_CONFIG_NAME, GPU_TORCH_CONFIG_NAME
+from openpi_triton.example_observations import FORMATS as OBSERVATION_FORMATS
 from openpi_triton.example_observations import make_observations
 from openpi_triton.front.codec import flatten
 from openpi_triton.front.observations import observation_to_tensors
@@ -28,7 +29,7 @@ from openpi_triton.triton.tensors import infer_inputs
 
 from .conftest import MODEL_REPOSITORY, settled_statistics
 
-FORMATS = ("libero", "droid", "aloha")
+FORMATS = sorted(OBSERVATION_FORMATS)
 
 
 @pytest.fixture(scope="module")
