@@ -13,7 +13,7 @@ EXTRAS := embedded,export,client,bench,gr00t,dev
 SYSTEM_PACKAGES := libb64-0d
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: serve test install export lint client bench bench-triton system-deps stale-models clean
+.PHONY: serve test install export lint client bench bench-triton gpu-kit gpu-bench system-deps stale-models clean
 
 serve: $(MODEL_ONNX) stale-models
 	$(BIN)/openpi-triton serve
@@ -72,9 +72,24 @@ bench: $(MODEL_ONNX)
 bench-triton: $(MODEL_ONNX) $(STAMPS)/system-deps
 	$(BIN)/python -m benchmarks.perf_triton $(BENCH_ARGS)
 
+# The GPU host kit (benchmarks/gpu_kit.py): tritonserver and the packages a GPU host without network lacks,
+# one archive under 64 MiB to carry beside the checkout. Built here, from the installed wheel and the index.
+GPU_KIT := build/gpu-kit.tar.xz
+GPU_HOST := .gpu-host
+HOST_PYTHON ?= python3
+
+gpu-kit: $(INSTALLED)
+	$(BIN)/python -m benchmarks.gpu_kit build --output $(GPU_KIT)
+
+# On the GPU host (Python 3.12 with torch+CUDA; no venv, no network): the fleet on the GPU through Triton,
+# side by side with the reference server (benchmarks/gpu_fleet.py), into docs/results/<GPU name>/.
+# Extra arguments: make gpu-bench BENCH_ARGS="--duration 10"
+gpu-bench:
+	$(HOST_PYTHON) -m benchmarks.gpu_kit run --archive $(GPU_KIT) --into $(GPU_HOST) -- $(BENCH_ARGS)
+
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
 clean:
-	rm -rf $(VENV) $(STAMPS) $(MODEL_ONNX) bench-results .pytest_cache
+	rm -rf $(VENV) $(STAMPS) $(MODEL_ONNX) bench-results .pytest_cache $(GPU_HOST)

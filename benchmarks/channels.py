@@ -1,5 +1,5 @@
-"""The side-by-side rows' robot channels: a direct Triton gRPC call of the ensemble, ONNX Runtime on
-the policy core in-process (the floor), and the websocket of a server; each row's factory opens what its
+"""The side-by-side rows' robot channels: a direct Triton gRPC call of the ensemble, the policy core
+in-process (the floor), and the websocket of a server; each row's factory opens what its
 robots share for one point. They plug into `openpi_triton.loadgen.fleet.drive_fleet`."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.observations import ensemble_inputs, policy_from_triton
+from openpi_policy.core import Core
 from openpi_triton.loadgen.fleet import Channel, OpenChannel
 from openpi_triton.loadgen.websocket import WebsocketChannel
 from openpi_triton.triton.policy import Policy
@@ -48,15 +49,16 @@ class TritonChannel:
         return None
 
 
-class OnnxChannel:
-    """One robot calling `session.run` on the policy core (batch 1) from its own thread."""
+class CoreChannel:
+    """One robot calling the policy core in-process (batch 1) from its own thread: `core(inputs)`, an
+    `openpi_policy.core.Core` (ONNX Runtime, or PyTorch when only one robot calls it at a time)."""
 
-    def __init__(self, session: Any, inputs: Mapping[str, np.ndarray], executor: Executor) -> None:
-        self.session, self.inputs, self.executor = session, dict(inputs), executor
+    def __init__(self, core: Core, inputs: Mapping[str, np.ndarray], executor: Executor) -> None:
+        self.core, self.inputs, self.executor = core, dict(inputs), executor
 
     async def call(self) -> float | None:
         # ONNX Runtime releases the GIL while it runs, so robots' calls overlap as real threads would.
-        await asyncio.get_running_loop().run_in_executor(self.executor, self.session.run, None, self.inputs)
+        await asyncio.get_running_loop().run_in_executor(self.executor, self.core, self.inputs)
         return None
 
     async def close(self) -> None:
@@ -94,17 +96,18 @@ def triton_channels(triton_url: str, policy_name: str, observations: list[dict[s
     return factory
 
 
-def onnx_channels(session: Any, robots_max: int) -> OpenChannelFactory:
+def core_channels(core: Core, robots_max: int) -> OpenChannelFactory:
+    """Robots as threads calling a thread-safe core (ONNX Runtime's)."""
     from openpi_policy.export import example_inputs
 
     inputs = example_inputs(1)
-    session.run(None, inputs)  # first run allocates; not part of any robot's latency
+    core(inputs)  # first run allocates; not part of any robot's latency
 
     @contextlib.asynccontextmanager
     async def factory() -> AsyncIterator[OpenChannel]:
         with ThreadPoolExecutor(max_workers=robots_max) as executor:
             async def open_channel(index: int) -> Channel:
-                return OnnxChannel(session, inputs, executor)
+                return CoreChannel(core, inputs, executor)
 
             yield open_channel
 

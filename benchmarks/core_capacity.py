@@ -1,4 +1,5 @@
-"""The ceiling every row is under: ONNX Runtime on the policy core alone, back to back, per batch size.
+"""The ceiling every row is under: the policy core alone in-process (ONNX Runtime on model.onnx, or the
+PyTorch core of the GPU configuration), back to back, per batch size.
 
 Per-sample time at the best batch size bounds the throughput of any server of this model on this
 machine, whatever it does around the model (1000 / best ms-per-sample answers per second).
@@ -19,25 +20,27 @@ from typing import Any
 
 import numpy as np
 
+from openpi_policy.core import Core
 from openpi_triton.config import DEFAULT_MODEL_REPOSITORY, core_onnx_path
 
 
-def core_capacity(session: Any, batches: Sequence[int] = (1, 2, 4, 8, 16), rounds: int = 5) -> dict[str, Any]:
-    """Median ms per run and per sample for each batch size of an ONNX Runtime session of the policy
-    core, and the best answers/s that allows."""
+def core_capacity(core: Core, batches: Sequence[int] = (1, 2, 4, 8, 16), rounds: int = 5) -> dict[str, Any]:
+    """Median ms per run and per sample for each batch size of the policy core (NumPy inputs in, NumPy
+    actions out: for the PyTorch core on a GPU, the copies to and from it included), and the best
+    answers/s that allows."""
     from openpi_policy.export import example_inputs
 
     samples = max(batches)
     inputs = {batch: example_inputs(batch) for batch in batches}
     for batch in batches:
-        session.run(None, inputs[batch])  # allocations for this shape happen once, outside the timing
+        core(inputs[batch])  # allocations for this shape happen once, outside the timing
     per_sample_ms: dict[int, list[float]] = {batch: [] for batch in batches}
     for _ in range(rounds):
         for batch in batches:
             runs = -(-samples // batch)
             started = time.perf_counter()
             for _ in range(runs):
-                session.run(None, inputs[batch])
+                core(inputs[batch])
             per_sample_ms[batch].append((time.perf_counter() - started) * 1000 / (runs * batch))
     per_batch = {}
     for batch, times in per_sample_ms.items():
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from openpi_policy.core import OnnxRuntimeCore
 
-    print(json.dumps(core_capacity(OnnxRuntimeCore(args.model_onnx).session, rounds=args.rounds), indent=1))
+    print(json.dumps(core_capacity(OnnxRuntimeCore(args.model_onnx), rounds=args.rounds), indent=1))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.overhead_servers import LAYERS, REPLY
+from openpi_policy.core import Core
 from openpi_triton.config import DEFAULT_MODEL_REPOSITORY, DEFAULT_POLICY
 from openpi_triton.example_observations import make_observations
 from openpi_triton.loadgen.stats import latency_summary
@@ -125,10 +126,10 @@ async def _paired_calls(paths: dict[str, Any], rounds: int, gap_s: float) -> dic
 
 def paired_one_robot(triton_url: str, websocket_urls: dict[str, str], policy_name: str, format_name: str,
                      rounds: int = 200, gap_s: float = 0.02, seed: int = 0,
-                     core_session: Any = None) -> dict[str, Any]:
+                     core: Core | None = None) -> dict[str, Any]:
     """One robot's round trip on every path, from interleaved calls: the ensemble directly over gRPC
     (`direct`, the baseline), each websocket server (fronts with and without shared memory, the
-    reference server) and, given an ONNX Runtime session, the bare policy core in this process (`core`).
+    reference server) and, given one, the bare policy core in this process (`core`, batch 1).
 
     Every round calls each path once with the same observation, so every path sees the same machine
     state; the per-round differences are not moved by the drift between separate measurement windows
@@ -136,7 +137,7 @@ def paired_one_robot(triton_url: str, websocket_urls: dict[str, str], policy_nam
     """
     import tritonclient.grpc.aio as grpcclient
 
-    from benchmarks.channels import OnnxChannel, TritonChannel
+    from benchmarks.channels import CoreChannel, TritonChannel
     from benchmarks.observations import ensemble_inputs, policy_from_triton
     from openpi_policy.export import example_inputs
 
@@ -150,9 +151,9 @@ def paired_one_robot(triton_url: str, websocket_urls: dict[str, str], policy_nam
         try:
             paths: dict[str, Any] = {"direct": TritonChannel(client, policy, [ensemble_inputs(policy, observation)], 0),
                                      **servers}
-            if core_session is not None:
+            if core is not None:
                 with ThreadPoolExecutor(max_workers=1) as executor:
-                    paths["core"] = OnnxChannel(core_session, example_inputs(1), executor)
+                    paths["core"] = CoreChannel(core, example_inputs(1), executor)
                     return await _paired_calls(paths, rounds, gap_s)
             return await _paired_calls(paths, rounds, gap_s)
         finally:

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from openpi_triton.config import CPU_CONFIG_NAME
 from openpi_triton.process import Child, free_port, running_child
 from openpi_triton.triton.embedded import EmbeddedTriton
 
@@ -28,22 +29,27 @@ def front(triton_url: str, policy: str, shared_memory: bool, host: str = "127.0.
 
 
 @contextlib.contextmanager
-def reference_server(model_repository: Path, policy: str,
-                     host: str = "127.0.0.1") -> Iterator[tuple[str, Child]]:
-    """OpenPI's WebsocketPolicyServer with the in-process reference policy; yields (ws URL, process)."""
+def reference_server(model_repository: Path, policy: str, config_name: str = CPU_CONFIG_NAME,
+                     device: str | None = None, host: str = "127.0.0.1") -> Iterator[tuple[str, Child]]:
+    """OpenPI's WebsocketPolicyServer with the in-process reference policy, its core as `config_name`
+    configures Triton's (on `device`, for a PyTorch core); yields (ws URL, process)."""
     port = free_port()
     command = [sys.executable, "-m", "benchmarks.reference_server", "--model-repository", str(model_repository),
-               "--policy", policy, "--host", host, "--port", str(port)]
+               "--policy", policy, "--host", host, "--port", str(port), "--config-name", config_name]
+    if device:
+        command += ["--device", device]
     with running_child("reference", command, f"http://{host}:{port}/healthz") as process:
         yield f"ws://{host}:{port}", process
 
 
 @contextlib.contextmanager
-def triton(triton_url: str | None, model_repository: Path) -> Iterator[tuple[str, int | None]]:
-    """(gRPC URL, tritonserver pid or None): the given Triton, or an embedded one on free ports."""
+def triton(triton_url: str | None, model_repository: Path, config_name: str = CPU_CONFIG_NAME,
+           tritonserver: Path | None = None) -> Iterator[tuple[str, int | None]]:
+    """(gRPC URL, tritonserver pid or None): the given Triton, or an embedded one on free ports serving
+    `config_name` (from the `tritonserver` directory, or the wheel's)."""
     if triton_url:
         yield triton_url, None
         return
-    with EmbeddedTriton([model_repository], http_port=free_port(), grpc_port=free_port(),
-                        metrics_port=free_port()) as server:
+    with EmbeddedTriton([model_repository], http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                        model_config_name=config_name, tritonserver=tritonserver) as server:
         yield server.grpc_url, server.pid

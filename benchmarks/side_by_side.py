@@ -6,6 +6,10 @@ Rows (each with the same robot schedule, see `openpi_triton.loadgen.schedule`):
   reference  OpenPI's reference WebsocketPolicyServer (openpi-server) serving the same policy in-process
   onnx       the floor: ONNX Runtime on the policy core alone, in this process; robots = threads
 
+With `--model-config-name gpu_torch` Triton serves the PyTorch policy core on the GPU, and the reference
+server and the in-process core (capacity, one robot's paired calls) run the same PyTorch core on the same
+GPU; `benchmarks/gpu_fleet.py` runs it so on a GPU host.
+
 Writes results.json, table.md, latency_cdf.png and scaling.png to --output (bench-results/).
 """
 
@@ -28,8 +32,8 @@ from benchmarks.cpu import tree_cpu_seconds
 from benchmarks.front_overhead import paired_one_robot
 from benchmarks.report import markdown, targets
 from benchmarks.triton_stats import TritonStats, delta
-from openpi_policy.core import OnnxRuntimeCore
-from openpi_triton.config import DEFAULT_MODEL_REPOSITORY, DEFAULT_POLICY, core_onnx_path
+from openpi_policy.core import Core, core_settings, load_core
+from openpi_triton.config import CPU_CONFIG_NAME, DEFAULT_MODEL_REPOSITORY, DEFAULT_POLICY, core_onnx_path
 from openpi_triton.example_observations import describe, make_observations
 from openpi_triton.loadgen.fleet import drive_fleet
 from openpi_triton.loadgen.machine import machine_info
@@ -37,6 +41,7 @@ from openpi_triton.loadgen.plots import plot_latency_cdf, plot_scaling
 from openpi_triton.loadgen.schedule import Schedule, parse_robot_counts
 from openpi_triton.loadgen.stats import PointResult
 from openpi_triton.loadgen.websocket import encode_observations
+from openpi_triton.triton.repository import config_path, read_model_config
 
 ROWS: dict[str, str] = {
     "triton": "Triton gRPC direct",
@@ -63,6 +68,9 @@ class SideBySideConfig:
     capacity_batches: tuple[int, ...] = (1, 2, 4, 8, 16)  # policy-core batch sizes timed with the floor row
     capacity_rounds: int = 5
     paired_calls: int = 300  # rounds of one robot calling every path in turn (direct, fronts, reference, core)
+    model_config_name: str = CPU_CONFIG_NAME  # the config variant Triton, the reference and the core run
+    device: str | None = None  # the PyTorch core's device (reference server, in-process); None: the config's
+    tritonserver: Path | None = None  # the embedded tritonserver's directory; None: the nvidia-pytriton wheel's
 
     @property
     def policy_name(self) -> str:
@@ -132,8 +140,11 @@ def _stats(triton_url: str, policy: str) -> Iterator[TritonStats]:
         stats.close()
 
 
-def run(config: SideBySideConfig) -> dict[str, list[PointResult]]:
-    """Run every row and write the results; returns row -> points.
+def run(config: SideBySideConfig, triton: tuple[str, int | None] | None = None,
+        core: Core | None = None) -> dict[str, list[PointResult]]:
+    """Run every row and write the results; returns row -> points. `triton`: (gRPC URL, pid) of a Triton
+    already started on this host (as `servers.triton` starts one), instead of `config.triton_url`'s;
+    `core`: the in-process core, already built (a GPU's captures take seconds), instead of `_core`'s.
 
     Every server starts first; then each fleet size runs every row back to back, in an order that
     reverses from one fleet size to the next, so that rows are compared over the same minutes of a
@@ -147,10 +158,15 @@ def run(config: SideBySideConfig) -> dict[str, list[PointResult]]:
     capacity: dict[str, Any] | None = None
     paired: dict[str, Any] | None = None
     with contextlib.ExitStack() as stack:
-        triton_url, triton_pid = (stack.enter_context(servers.triton(config.triton_url, config.model_repository))
-                                  if {"triton", "front"} & set(config.rows) else (None, None))
+        triton_url, triton_pid = triton or (
+            stack.enter_context(servers.triton(config.triton_url, config.model_repository, config.model_config_name,
+                                               config.tritonserver))
+            if {"triton", "front"} & set(config.rows) else (None, None))
         stats = stack.enter_context(_stats(triton_url, config.policy_name)) if triton_url else None
-        front_url = reference_url = core_session = None
+        front_url = reference_url = None
+        core = core or _core(config)
+        if core is not None:
+            capacity = core_capacity(core, config.capacity_batches, config.capacity_rounds)
         setup: dict[str, _Row] = {}
         for name in config.rows:
             if name == "triton":
@@ -165,13 +181,12 @@ def run(config: SideBySideConfig) -> dict[str, list[PointResult]]:
                 setup[name] = _Row(channels.websocket_channels(front_url, frames),
                                    {"front": process.pid, "triton": triton_pid}, stats)
             elif name == "reference":
-                reference_url, process = stack.enter_context(servers.reference_server(config.model_repository,
-                                                                                      config.policy_name))
+                reference_url, process = stack.enter_context(servers.reference_server(
+                    config.model_repository, config.policy_name, config.model_config_name, config.device))
                 setup[name] = _Row(channels.websocket_channels(reference_url, frames), {"reference": process.pid})
             else:
-                core_session = OnnxRuntimeCore(core_onnx_path(config.model_repository)).session
-                capacity = core_capacity(core_session, config.capacity_batches, config.capacity_rounds)
-                setup[name] = _Row(channels.onnx_channels(core_session, max(config.robots)), {})
+                assert core is not None
+                setup[name] = _Row(channels.core_channels(core, max(config.robots)), {})
         rows: dict[str, list[PointResult]] = {name: [] for name in config.rows}
         for index, robots in enumerate(config.robots):
             order = config.rows if index % 2 == 0 else config.rows[::-1]
@@ -180,18 +195,32 @@ def run(config: SideBySideConfig) -> dict[str, list[PointResult]]:
                 rows[name].append(_run_point(config, name, setup[name], robots))
         if front_url is not None and triton_url is not None and config.paired_calls:
             others = {"reference": reference_url} if reference_url else {}
-            paired = _paired(config, triton_url, front_url, triton_pid is not None, others, core_session)
+            paired = _paired(config, triton_url, front_url, triton_pid is not None, others, core)
     write(config, rows, observations[0], capacity, paired)
     return rows
 
 
+def _core(config: SideBySideConfig) -> Core | None:
+    """The policy core in this process, for the capacity table, one robot's paired calls and the floor row:
+    ONNX Runtime when the floor row runs, or the PyTorch core of a config that runs one (the floor row's
+    threads would share its static buffers, so it has no floor row)."""
+    core_config = read_model_config(config_path(config.model_repository / "policy_core", config.model_config_name))
+    torch_core = core_settings(core_config) is not None
+    if torch_core and "onnx" in config.rows:
+        raise ValueError(f"the onnx row runs ONNX Runtime, but {config.model_config_name!r} runs PyTorch: "
+                         "leave the row out (its capacity and paired calls still run)")
+    if not torch_core and "onnx" not in config.rows:
+        return None
+    return load_core(core_config, core_onnx_path(config.model_repository), config.device)
+
+
 def _paired(config: SideBySideConfig, triton_url: str, front_url: str, shared_memory: bool,
-            others: dict[str, str], core_session: Any) -> dict[str, Any]:
+            others: dict[str, str], core: Core | None) -> dict[str, Any]:
     """One robot on every path in turn (`front_overhead.paired_one_robot`); beside a front on this host's
     Triton (shared memory), a second front without shared memory shows what that transport is worth."""
     def measure(fronts: dict[str, str]) -> dict[str, Any]:
         return paired_one_robot(triton_url, {**fronts, **others}, config.policy_name, config.format,
-                                config.paired_calls, seed=config.seed, core_session=core_session)
+                                config.paired_calls, seed=config.seed, core=core)
 
     if not shared_memory:
         return measure({"front": front_url})
@@ -212,7 +241,8 @@ def write(config: SideBySideConfig, rows: dict[str, list[PointResult]], observat
     summary = targets(rows, paired, capacity)
     machine = machine_info()
     settings = {**asdict(config), "model_repository": str(config.model_repository), "output": str(output),
-                "schedule": config.schedule.describe()}
+                "schedule": config.schedule.describe(),
+                "tritonserver": None if config.tritonserver is None else str(config.tritonserver)}
     (output / "results.json").write_text(json.dumps({
         "config": settings, "machine": machine, "observation": describe(observation), "targets": summary,
         "core_capacity": capacity, "paired_one_robot": paired,
@@ -245,12 +275,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=Path("bench-results"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="a few seconds in all: robots 1,2 and 1 s windows")
+    parser.add_argument("--model-config-name", default=CPU_CONFIG_NAME,
+                        help="config variant for Triton, the reference server and the in-process core")
+    parser.add_argument("--device", help="the PyTorch core's device outside Triton (default: the config's)")
+    parser.add_argument("--tritonserver", type=Path, help="tritonserver directory (default: the wheel's)")
     args = parser.parse_args(argv)
     config = SideBySideConfig(
         model_repository=args.model_repository, triton_url=args.triton_url, format=args.format, policy=args.policy,
         robots=args.robots, rows=tuple(r for r in args.rows.split(",") if r),
         schedule=Schedule(args.rate, args.replan_steps, None if args.deadline_ms is None else args.deadline_ms / 1000),
         duration_s=args.duration, warmup_s=args.warmup, output=args.output, seed=args.seed,
+        model_config_name=args.model_config_name, device=args.device, tritonserver=args.tritonserver,
     )
     if args.smoke:
         config = config.smoke()

@@ -89,11 +89,12 @@ class CameraEncoder(nn.Module):
 
 def time_embedding(t: float, width: int, like: torch.Tensor) -> torch.Tensor:
     """Sinusoidal embedding of the flow time (t is a Python constant per unrolled step), on the device
-    and in the dtype of `like`. The width is a Python int so the export folds it all into a constant."""
+    and in the dtype of `like`. The width is a Python int so the export folds it all into a constant.
+    Computed in float32 whatever `like`'s dtype: float16 holds angles up to 1000 only to 0.5 rad."""
     half = width // 2
-    freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, dtype=like.dtype, device=like.device) / half)
+    freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, dtype=torch.float32, device=like.device) / half)
     angles = t * 1000.0 * freqs
-    return torch.cat([angles.sin(), angles.cos()])
+    return torch.cat([angles.sin(), angles.cos()]).to(like.dtype)
 
 
 class ReferencePolicy(nn.Module):

@@ -43,11 +43,17 @@ class Unnormalize(nn.Module):
 
 
 class ServingPolicy(nn.Module):
-    """`network` behind the core interface: `spec.CORE_INPUTS` in that order, un-normalised actions out."""
+    """`network` behind the core interface: `spec.CORE_INPUTS` in that order, un-normalised actions out.
 
-    def __init__(self, network: nn.Module) -> None:
+    `compute_dtype` (PyTorch serving, `openpi_policy.torch_core`): the network's dtype, such as float16.
+    The serving steps stay float32 around it, as docker/build_engine.sh keeps them in the TensorRT engine;
+    None (the ONNX export) adds no cast to the graph.
+    """
+
+    def __init__(self, network: nn.Module, compute_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.network = network
+        self.compute_dtype = compute_dtype
         self.serve_images = Pixels()
         self.serve_state = Normalize()
         self.serve_actions = Unnormalize()
@@ -56,8 +62,11 @@ class ServingPolicy(nn.Module):
         self, images: torch.Tensor, image_masks: torch.Tensor, state: torch.Tensor, state_norm: torch.Tensor,
         tokens: torch.Tensor, token_mask: torch.Tensor, noise: torch.Tensor, action_norm: torch.Tensor,
     ) -> torch.Tensor:
-        actions = self.network(
-            self.serve_images(images), image_masks, self.serve_state(state, state_norm), tokens, token_mask, noise
-        )
+        pixels, normalised = self.serve_images(images), self.serve_state(state, state_norm)
+        if self.compute_dtype is not None:
+            pixels, normalised, noise = (x.to(self.compute_dtype) for x in (pixels, normalised, noise))
+        actions = self.network(pixels, image_masks, normalised, tokens, token_mask, noise)
+        if self.compute_dtype is not None:
+            actions = actions.to(torch.float32)
         return self.serve_actions(actions, action_norm)
 

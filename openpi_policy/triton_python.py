@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from openpi_policy.core import OnnxRuntimeCore
+from openpi_policy.core import OnnxRuntimeCore, config_device, core_settings
 from openpi_policy.pipeline import Preprocessor
 
 
@@ -25,17 +25,27 @@ def _model_dir(args: dict[str, str]) -> Path:
     return Path(args["model_repository"])
 
 
+def _as_numpy(tensor: Any) -> np.ndarray:
+    return tensor.as_numpy()
+
+
 def _run_batched(
     requests: Sequence[Any],
     input_names: Sequence[str],
     output_names: Sequence[str],
-    work: Callable[[list[dict[str, np.ndarray]]], dict[str, np.ndarray]],
+    work: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    read: Callable[[Any], Any] = _as_numpy,
+    wrap: Callable[[str, Any], Any] | None = None,
 ) -> list[Any]:
-    inputs = [
-        {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in input_names}
-        for request in requests
-    ]
+    """`read` turns each input into what `work` takes (NumPy arrays by default), `wrap` each request's rows
+    of an output into a pb_utils.Tensor (pb_utils.Tensor itself by default, which the stub defines only
+    after it has imported the model)."""
+    wrap = wrap or pb_utils.Tensor
     try:
+        inputs = [
+            {name: read(pb_utils.get_input_tensor_by_name(request, name)) for name in input_names}
+            for request in requests
+        ]
         outputs = work(inputs)
     except Exception as error:  # one bad batch must not take the model down
         message = pb_utils.TritonError(f"{type(error).__name__}: {error}")
@@ -44,7 +54,7 @@ def _run_batched(
     responses, start = [], 0
     for request_inputs in inputs:
         size = len(next(iter(request_inputs.values())))
-        tensors = [pb_utils.Tensor(name, outputs[name][start : start + size]) for name in output_names]
+        tensors = [wrap(name, outputs[name][start : start + size]) for name in output_names]
         responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         start += size
     return responses
@@ -60,8 +70,20 @@ class PreprocessModel:
         return _run_batched(requests, self.preprocessor.input_names, self.output_names, self.preprocessor)
 
 
+class PolicyCoreModel:
+    """The policy core in the runtime its config's `core` parameter names (`openpi_policy.core`)."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        torch_settings = core_settings(json.loads(args["model_config"]))
+        self.runtime = OnnxRuntimeModel() if torch_settings is None else TorchModel()
+        self.runtime.initialize(args)
+
+    def execute(self, requests: Sequence[Any]) -> list[Any]:
+        return self.runtime.execute(requests)
+
+
 class OnnxRuntimeModel:
-    """The policy core on CPU: `model.onnx` in ONNX Runtime, one session run per `execute`."""
+    """`model.onnx` in ONNX Runtime on the CPU, one session run per `execute`."""
 
     def initialize(self, args: dict[str, str]) -> None:
         self.core = OnnxRuntimeCore(_model_dir(args) / args["model_version"] / "model.onnx")
@@ -74,3 +96,32 @@ class OnnxRuntimeModel:
             return {"actions": self.core(feeds)}
 
         return _run_batched(requests, self.core.input_names, ["actions"], work)
+
+
+class TorchModel:
+    """The network in PyTorch on this instance's device (`openpi_policy.torch_core`).
+
+    Tensors cross by DLPack both ways: each input is a view of the request's memory, copied once into the
+    core's batch buffers; each response's actions are a view of the batch's actions on the CPU."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        from openpi_policy.torch_core import build_torch_core
+
+        config = json.loads(args["model_config"])
+        device = "cpu"
+        if args.get("model_instance_kind") == "GPU":
+            device = f"cuda:{args['model_instance_device_id']}"
+        elif config_device(config) == "cuda":
+            raise RuntimeError("the policy core's config asks for a GPU, but Triton gave this instance none")
+        self.core = build_torch_core(core_settings(config), device, int(config["max_batch_size"]))
+        pb_utils.Logger.log_info(f"policy_core: {self.core.description}")
+
+    def execute(self, requests: Sequence[Any]) -> list[Any]:
+        from torch.utils import dlpack
+
+        def work(inputs: list[dict[str, Any]]) -> dict[str, Any]:
+            return {"actions": self.core.run(inputs)}
+
+        return _run_batched(requests, self.core.input_names, ["actions"], work,
+                            read=lambda tensor: dlpack.from_dlpack(tensor.to_dlpack()),
+                            wrap=lambda name, rows: pb_utils.Tensor.from_dlpack(name, dlpack.to_dlpack(rows)))

@@ -4,7 +4,7 @@ Checks every policy (a model whose config has `policy_server_config`): its param
 front will read them (an `output_map` slice fits the output), each ensemble step's tensors exist with
 the same dtype and shape on both sides, the preprocess settings load (norm stats included) and agree
 with the declared state inputs and with the action dims the robot gets (the slice), and the policy
-core's model.onnx matches its config.
+core's runtime settings parse and, when it runs ONNX Runtime, its model.onnx matches its config.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from openpi_policy.core import core_settings
 from openpi_policy.pipeline import Preprocessor
 from openpi_triton.config import CPU_CONFIG_NAME, core_onnx_path
 from openpi_triton.triton.policy import Policy, PolicyConfigError, is_policy, policy_from_config
@@ -145,10 +146,21 @@ def _check_action_dims(path: Path, config: dict[str, Any], policy: Policy, prepr
                                    f"{dims} but {pre.config.norm_stats} has {pre.action_stats.dim} for 'actions'")
 
 
-def _check_onnx(repository: Path, models: dict[str, tuple[Path, dict]], report: Report) -> None:
+def _check_core(repository: Path, models: dict[str, tuple[Path, dict]], report: Report) -> None:
+    """The policy core's runtime settings parse; one that runs model.onnx has a model.onnx that matches."""
     if "policy_core" not in models:
         return
     path, config = models["policy_core"]
+    try:
+        torch_settings = core_settings(config)
+    except ValueError as error:
+        report.problems.append(f"{path}: {error}")
+        return
+    if torch_settings is None:
+        _check_onnx(repository, path, config, report)
+
+
+def _check_onnx(repository: Path, path: Path, config: dict[str, Any], report: Report) -> None:
     onnx_path = core_onnx_path(repository)
     if not onnx_path.exists():
         report.problems.append(f"{onnx_path}: missing; run `openpi-triton export` or copy your own ONNX there")
@@ -193,5 +205,5 @@ def check_repository(repository: Path, config_name: str = CPU_CONFIG_NAME) -> Re
                 _check_action_dims(path, config, policy, preprocessors, report)
     if not report.policies and not report.problems:
         report.problems.append(f"{repository}: no model has a 'policy_server_config' parameter, so nothing is served")
-    _check_onnx(repository, models, report)
+    _check_core(repository, models, report)
     return report

@@ -18,8 +18,10 @@ GR00T_PORT = 5555  # GR00T's own default, for documentation and the load generat
 TRITON_GRPC_PORT = 8001
 TRITON_METRICS_PORT = 8002
 TRITON_HTTP_PORT = 8003
-# The embedded tritonserver loads `configs/<name>.pbtxt` of every model that has one.
+# The embedded tritonserver loads `configs/<name>.pbtxt` of every model that has one (`--model-config-name`):
+# the CPU configuration by default, or the PyTorch policy core on a GPU (no TensorRT needed).
 CPU_CONFIG_NAME = "cpu"
+GPU_TORCH_CONFIG_NAME = "gpu_torch"
 
 
 def env_var(flag: str) -> str:
@@ -42,6 +44,10 @@ class Settings:
     triton_metrics_port: int = TRITON_METRICS_PORT
     triton_http_port: int = TRITON_HTTP_PORT
     model_repository: Path = DEFAULT_MODEL_REPOSITORY
+    # The config variant the embedded tritonserver loads (configs/<name>.pbtxt where a model has one).
+    model_config_name: str = CPU_CONFIG_NAME
+    # The embedded tritonserver's directory; None: the one in the nvidia-pytriton wheel.
+    tritonserver: Path | None = None
     default_policy: str = DEFAULT_POLICY
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     # Four 480x640 RGB cameras are 3.7 MB; 16 MiB leaves room for more cameras and state.

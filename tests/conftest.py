@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from openpi_triton.config import Settings, core_onnx_path
+from openpi_triton.config import GPU_TORCH_CONFIG_NAME, Settings, core_onnx_path
 from openpi_triton.front.app import create_app, front_server
 from openpi_triton.process import free_port
 from openpi_triton.triton.embedded import EmbeddedTriton
@@ -41,6 +41,19 @@ def triton(model_onnx: Path) -> Iterator[EmbeddedTriton]:
     server = EmbeddedTriton(
         repositories, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()
     )
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def torch_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedTriton]:
+    """A real tritonserver serving configs/gpu_torch.pbtxt (the PyTorch policy core) on the CPU: a copy of
+    the repository without model.onnx whose policy core runs KIND_CPU (float32, no CUDA graphs)."""
+    from benchmarks.gpu_fleet import gpu_config_on_cpu
+
+    repository = gpu_config_on_cpu(tmp_path_factory.mktemp("gpu_torch"), MODEL_REPOSITORY)
+    server = EmbeddedTriton([repository], http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                            model_config_name=GPU_TORCH_CONFIG_NAME)
     with server:
         yield server
 

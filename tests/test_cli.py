@@ -112,6 +112,9 @@ def test_mistakes_get_one_line(tmp_path):
                                                         "does not exist"]
     no_model = cli("serve", "--model-repository", str(tmp_path))
     assert no_model.returncode == 2 and "model.onnx is missing: run `openpi-triton export`" in no_model.stderr
+    no_variant = cli("serve", "--model-config-name", "gpu")
+    assert no_variant.returncode == 2 and ("--model-config-name gpu: no model in model_repository has "
+                                           "configs/gpu.pbtxt (there: cpu, gpu_torch)") in no_variant.stderr
 
 
 def test_a_taken_triton_port_is_one_line(model_onnx):

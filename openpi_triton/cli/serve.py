@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from openpi_triton.cli.options import CliError, add_env_flag, add_env_switch
-from openpi_triton.config import GR00T_PORT, Settings, core_onnx_path, read_api_keys
+from openpi_triton.config import (
+    CPU_CONFIG_NAME,
+    GPU_TORCH_CONFIG_NAME,
+    GR00T_PORT,
+    Settings,
+    core_onnx_path,
+    read_api_keys,
+)
 from openpi_triton.process import port_is_free
 
 
@@ -23,8 +30,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_env_flag(p, "host", str, d.host, "address to listen on")
     add_env_flag(p, "port", int, d.port, "websocket/HTTP port")
     add_env_flag(p, "triton-url", str, d.triton_url, "gRPC address of an existing Triton (host:8001); "
-                 "without it an embedded tritonserver runs the CPU configuration")
+                 "without it an embedded tritonserver runs --model-config-name")
     add_env_flag(p, "model-repository", Path, d.model_repository, "model repository for the embedded tritonserver")
+    add_env_flag(p, "model-config-name", str, d.model_config_name, "config variant the embedded tritonserver loads "
+                 f"(configs/<name>.pbtxt): {CPU_CONFIG_NAME} (ONNX Runtime on the CPU) or {GPU_TORCH_CONFIG_NAME} "
+                 "(the policy core in PyTorch on the GPU, float16, CUDA graphs)")
+    add_env_flag(p, "tritonserver", Path, d.tritonserver, "directory of the tritonserver to embed, laid out like "
+                 "the nvidia-pytriton wheel's (bin/, backends/, lib/), such as the GPU host kit's "
+                 "(benchmarks/gpu_kit.py); unset: the wheel's")
     add_env_flag(p, "triton-grpc-port", int, d.triton_grpc_port, "embedded tritonserver gRPC port")
     add_env_flag(p, "triton-http-port", int, d.triton_http_port, "embedded tritonserver HTTP port")
     add_env_flag(p, "triton-metrics-port", int, d.triton_metrics_port, "embedded tritonserver metrics port")
@@ -63,7 +76,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(
         host=args.host, port=args.port, triton_url=args.triton_url, triton_grpc_port=args.triton_grpc_port,
         triton_http_port=args.triton_http_port, triton_metrics_port=args.triton_metrics_port,
-        model_repository=args.model_repository, default_policy=args.default_policy,
+        model_repository=args.model_repository, model_config_name=args.model_config_name,
+        tritonserver=args.tritonserver,
+        default_policy=args.default_policy,
         api_keys=read_api_keys(args.api_keys, args.api_key_file), max_frame_bytes=args.max_frame_bytes,
         max_connections=args.max_connections, idle_timeout_s=args.idle_timeout,
         triton_timeout_s=args.triton_timeout, log_level=args.log_level, drain_timeout_s=args.drain_timeout,
@@ -116,6 +131,7 @@ def _serve(args: argparse.Namespace) -> None:
     from openpi_triton.front.logs import configure_logging
     from openpi_triton.triton.embedded import EmbeddedTriton, EmbeddedTritonError
     from openpi_triton.triton.health import Health
+    from openpi_triton.triton.repository import config_names, core_needs_onnx
     from openpi_triton.triton.supervisor import TritonSupervisor
 
     settings = settings_from_args(args)
@@ -123,17 +139,25 @@ def _serve(args: argparse.Namespace) -> None:
     configure_logging(settings.log_level)
     supervisor, health = None, Health()
     if settings.triton_url is None:
-        if not core_onnx_path(settings.model_repository).exists():
+        if (core_needs_onnx(settings.model_repository, settings.model_config_name)
+                and not core_onnx_path(settings.model_repository).exists()):
             raise CliError(f"{core_onnx_path(settings.model_repository)} is missing: "
                            "run `openpi-triton export` (or `make serve`) first")
+        variants = config_names(settings.model_repository)
+        if settings.model_config_name not in variants:  # else tritonserver would load every config.pbtxt
+            raise CliError(f"--model-config-name {settings.model_config_name}: no model in "
+                           f"{settings.model_repository} has configs/{settings.model_config_name}.pbtxt "
+                           f"(there: {', '.join(variants) or 'none'})")
         triton = EmbeddedTriton(
             [settings.model_repository], http_port=settings.triton_http_port,
             grpc_port=settings.triton_grpc_port, metrics_port=settings.triton_metrics_port,
+            model_config_name=settings.model_config_name, tritonserver=settings.tritonserver,
         )
         health = Health(heals=True)
         supervisor = TritonSupervisor(triton, health, settings.triton_restart_delay_s,
                                       settings.triton_restart_max_delay_s)
-        print(f"starting tritonserver (CPU configuration) on gRPC port {settings.triton_grpc_port} ...", flush=True)
+        print(f"starting tritonserver (configuration {settings.model_config_name!r}) on gRPC port "
+              f"{settings.triton_grpc_port} ...", flush=True)
         try:
             supervisor.start()
         except EmbeddedTritonError as error:  # a taken port, a missing binary: the message says what to do

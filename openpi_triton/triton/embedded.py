@@ -1,10 +1,11 @@
 """Start and stop the tritonserver that NVIDIA ships in the `nvidia-pytriton` wheel (Triton 2.51).
 
 Used by `openpi-triton serve` (no --triton-url, under `supervisor.TritonSupervisor`) and by the
-integration tests. The server runs the CPU configuration of every model (`--model-config-name=cpu`),
-its python models import this project's packages, and it dies with its parent. Stopping it, or
-cleaning up after it died, leaves nothing behind: no process of its group (python-backend stubs
-included) and none of its python-backend shared-memory regions.
+integration tests. The server runs one configuration of every model (`--model-config-name`: `cpu` by
+default, `gpu_torch` for the PyTorch policy core on a GPU), its python models import this project's
+packages, and it dies with its parent. Stopping it, or cleaning up after it died, leaves nothing behind:
+no process of its group (python-backend stubs included) and none of its python-backend shared-memory
+regions.
 """
 
 from __future__ import annotations
@@ -55,8 +56,14 @@ class TritonInstall:
         return [stubs / "nvidia_pytriton.libs", self.root.parent / "nvidia_pytriton.libs", self.root / "lib"]
 
 
-def find_triton() -> TritonInstall:
-    """Locate tritonserver inside the installed `nvidia-pytriton` wheel."""
+def find_triton(root: Path | None = None) -> TritonInstall:
+    """Locate tritonserver: in `root` (a directory laid out like the wheel's, with its libraries in lib/,
+    such as the GPU host kit's, see benchmarks/gpu_kit.py) or inside the installed `nvidia-pytriton` wheel."""
+    if root is not None:
+        install = TritonInstall(Path(root))
+        if not install.binary.is_file():
+            raise EmbeddedTritonError(f"tritonserver not found at {install.binary} (--tritonserver {root})")
+        return install
     try:
         import pytriton
     except ImportError:
@@ -105,7 +112,7 @@ def _stub_environment(install: TritonInstall) -> dict[str, str]:
 
 @dataclass
 class EmbeddedTriton:
-    """A tritonserver child process on the CPU configuration of one or more model repositories.
+    """A tritonserver child process on one configuration (CPU by default) of one or more model repositories.
 
     It dies with its parent (kill -9 included), and then stops its python stubs itself."""
 
@@ -124,6 +131,8 @@ class EmbeddedTriton:
     # 30 s, is all spent waiting for a model whose stub is dead.
     exit_timeout_s: float = 5.0
     extra_args: Sequence[str] = ()
+    # A tritonserver directory other than the nvidia-pytriton wheel's (`find_triton`).
+    tritonserver: Path | None = None
     child: Child | None = field(default=None, init=False)
     # The python backend names its shared-memory regions <prefix><uuid>; a prefix of each server's own
     # tells its regions from those of any other tritonserver on the host.
@@ -178,7 +187,7 @@ class EmbeddedTriton:
                 "stop whatever listens there or choose other ports (--triton-http-port/--triton-grpc-port/"
                 "--triton-metrics-port)"
             )
-        install = find_triton()
+        install = find_triton(self.tritonserver)
         place_python_stub(install)
         self.shm_prefix = f"tritonpb_{secrets.token_hex(6)}_"
         self.child = Child.start("tritonserver", self.command(install), env=_stub_environment(install))

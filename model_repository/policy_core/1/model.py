@@ -1,3 +1,3 @@
-"""Policy core on CPU: model.onnx in ONNX Runtime (see openpi_policy.triton_python)."""
+"""Policy core: ONNX Runtime (configs/cpu.pbtxt) or PyTorch (configs/gpu_torch.pbtxt); see openpi_policy.core."""
 
-from openpi_policy.triton_python import OnnxRuntimeModel as TritonPythonModel  # noqa: F401
+from openpi_policy.triton_python import PolicyCoreModel as TritonPythonModel  # noqa: F401
