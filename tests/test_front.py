@@ -90,10 +90,15 @@ def test_shared_memory_regions_of_unanswered_requests_are_not_reused(triton):
             pool.release(answered)
             assert await pool.acquire(3 << 20) is None  # past the budget: the request goes inline
             # After a restart Triton holds no old request and no registration: retired regions return.
+            generation = pool.generation
             await client.unregister_system_shared_memory()
-            pool.forget_registrations()
+            pool.forget_registrations(generation)
             reused = {id(await pool.acquire(300_000)), id(await pool.acquire(300_000))}
             assert reused == {id(timed_out), id(answered)}
+            assert timed_out.registered and answered.registered
+            # Another request that failed on the same restart must not forget the new registrations:
+            # registering a region twice fails ("already in manager").
+            pool.forget_registrations(generation)
             assert timed_out.registered and answered.registered
         finally:
             await pool.close()

@@ -34,6 +34,10 @@ _CHANNEL_ARGS = [
     ("grpc.min_reconnect_backoff_ms", 250),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+# Readiness checks get a channel of their own (its own subchannels too): checks made while a Triton is down
+# put their channel into reconnect backoff, and on the calls' channel the first call after Triton is back
+# would then fail at once.
+_CHECK_CHANNEL_ARGS = [*_CHANNEL_ARGS, ("grpc.use_local_subchannel_pool", 1)]
 _UNAVAILABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED")
 _REDISCOVER_INTERVAL_S = 2.0
 _FORGOTTEN_REGION = "Unable to find shared memory region"  # what Triton says after a restart
@@ -108,6 +112,7 @@ class TritonBackend:
         self.timeout_s = timeout_s
         self.shared_memory = shared_memory
         self._client: grpcclient.InferenceServerClient | None = None
+        self._check_client: grpcclient.InferenceServerClient | None = None
         self._pool: SharedMemoryPool | None = None
         self._policies: dict[str, Policy] = {}
         self.config_errors: dict[str, str] = {}
@@ -124,9 +129,10 @@ class TritonBackend:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        for client in (self._client, self._check_client):
+            if client is not None:
+                await client.close()
+        self._client = self._check_client = None
 
     @property
     def policies(self) -> dict[str, Policy]:
@@ -179,7 +185,7 @@ class TritonBackend:
                  if name in self._policies and (problem := self.problem(self._policies[name]))]
         if known:
             return False, "; ".join(known)
-        server = await self.check(self.timeout_s)
+        server = await self._server_problem(self.client, self.timeout_s)
         if server is not None:
             return False, server
         try:
@@ -196,10 +202,16 @@ class TritonBackend:
         return (False, "; ".join(problems)) if problems else (True, "ready")
 
     async def check(self, timeout_s: float) -> str | None:
-        """Why this Triton cannot take calls now (unreachable, or not ready: with --strict-readiness, until
-        every model is), or None."""
+        """Why this Triton cannot take calls now, or None: the background check of a replica, on a channel
+        of its own."""
+        if self._check_client is None:
+            self._check_client = grpcclient.InferenceServerClient(self.url, channel_args=_CHECK_CHANNEL_ARGS)
+        return await self._server_problem(self._check_client, timeout_s)
+
+    async def _server_problem(self, client: grpcclient.InferenceServerClient, timeout_s: float) -> str | None:
+        """Unreachable, or not ready (with --strict-readiness, until every model is), or None."""
         try:
-            if await self.client.is_server_ready(client_timeout=timeout_s):
+            if await client.is_server_ready(client_timeout=timeout_s):
                 return None
             return f"Triton at {self.url} is not ready{await self._models_not_ready()}"
         except InferenceServerException as error:
@@ -222,12 +234,13 @@ class TritonBackend:
             problem = self.problem(policy)
             if problem is not None:
                 raise BackendUnavailable(f"policy backend unavailable (policy {policy.name!r}: {problem})")
+        generation = self._pool.generation if self._pool is not None else 0
         try:
             outputs = await self._infer(policy, tensors, request_id, sequence)
         except BackendRejected as error:
             if self._pool is None or _FORGOTTEN_REGION not in str(error):
                 raise
-            self._pool.forget_registrations()  # Triton restarted since the regions were registered
+            self._pool.forget_registrations(generation)  # Triton restarted since the regions were registered
             outputs = await self._infer(policy, tensors, request_id, sequence)
         self.health.call_succeeded(policy.models)
         return outputs

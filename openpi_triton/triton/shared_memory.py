@@ -58,6 +58,8 @@ class SharedMemoryPool:
         self._free: dict[int, list[Region]] = {}
         self._retired: list[Region] = []
         self._regions: list[Region] = []
+        # Counts forget_registrations: the requests that failed on one restart of Triton forget once.
+        self.generation = 0
 
     @property
     def held_bytes(self) -> int:
@@ -93,9 +95,16 @@ class SharedMemoryPool:
         read it, so it is not handed out again until Triton restarts."""
         self._retired.append(region)
 
-    def forget_registrations(self) -> None:
+    def forget_registrations(self, generation: int | None = None) -> None:
         """Triton restarted and forgot every region (and every request): register each again on its
-        next use; retired regions are safe to reuse."""
+        next use; retired regions are safe to reuse.
+
+        `generation`: the pool's generation when the failed request was made. When another request has
+        forgotten since, this one failed on the same restart: forgetting again would register regions
+        twice with the new Triton ("already in manager"), and reuse regions retired since."""
+        if generation is not None and generation != self.generation:
+            return
+        self.generation += 1
         for region in self._regions:
             region.registered = False
         for region in self._retired:
