@@ -84,10 +84,16 @@ class _Window:
 
 
 @contextlib.contextmanager
-def setup(replicas: int, model_repository: Path, policy: str, ort_threads: int) -> Iterator[Setup]:
+def setup(replicas: int, model_repository: Path, policy: str, ort_threads: int,
+          triton_urls: list[str] | None = None) -> Iterator[Setup]:
+    """A front over `replicas` tritonservers: the first of `triton_urls` (running on this host), else
+    embedded ones started here."""
     with contextlib.ExitStack() as stack:
         urls, pids = [], {}
         for index in range(replicas):
+            if triton_urls:
+                urls.append(triton_urls[index])
+                continue
             with _environment(THREADS_ENV, str(ort_threads)):  # read by the python stubs it spawns
                 url, pid = stack.enter_context(servers.triton(None, model_repository))
             urls.append(url)
@@ -123,11 +129,15 @@ def run_point(target: Setup, robots: int, frames: list[bytes], duration_s: float
 
 
 def run(model_repository: Path, format_name: str, policy: str, robots: tuple[int, ...], duration_s: float,
-        warmup_s: float, ort_threads: int, output: Path, progress: bool = True) -> dict[str, Any]:
+        warmup_s: float, ort_threads: int, output: Path, progress: bool = True,
+        triton_urls: list[str] | None = None) -> dict[str, Any]:
+    if triton_urls is not None and len(triton_urls) != 2:
+        raise ValueError(f"give two Triton URLs (the replicas), got {triton_urls}")
     frames = encode_observations(format_name)
     rows: dict[str, list[PointResult]] = {}
     details: dict[str, list[dict[str, Any]]] = {}
-    with setup(1, model_repository, policy, ort_threads) as one, setup(2, model_repository, policy, ort_threads) as two:
+    with (setup(1, model_repository, policy, ort_threads, triton_urls) as one,
+          setup(2, model_repository, policy, ort_threads, triton_urls) as two):
         for index, count in enumerate(robots):
             for target in (one, two) if index % 2 == 0 else (two, one):
                 point, detail = run_point(target, count, frames, duration_s, warmup_s, progress)
@@ -170,10 +180,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--ort-threads", type=int, default=0, help="ONNX Runtime threads per tritonserver "
                         "(0 = one per core)")
+    parser.add_argument("--triton-urls", help="two running Tritons on this host (a,b) instead of embedded ones: "
+                        "the first serves the 1-replica setup, both the 2-replica setup")
     parser.add_argument("--output", type=Path, default=Path("bench-results/replicas"))
     args = parser.parse_args(argv)
     results = run(args.model_repository, args.format, args.policy or args.format, args.robots, args.duration,
-                  args.warmup, args.ort_threads, args.output)
+                  args.warmup, args.ort_threads, args.output,
+                  triton_urls=args.triton_urls.split(",") if args.triton_urls else None)
     print((args.output / "table.md").read_text())
     failed = [f"{label} x{p['robots']}: {p['error_messages'] or 'no answers'}"
               for label, row in results["rows"].items() for p in row["points"] if p["errors"] or not p["requests"]]

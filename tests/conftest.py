@@ -1,4 +1,4 @@
-"""Shared fixtures: the exported reference policy and one real tritonserver for the session."""
+"""Shared fixtures: the exported reference policy and real tritonservers for the session."""
 
 from __future__ import annotations
 
@@ -41,6 +41,16 @@ def triton(model_onnx: Path) -> Iterator[EmbeddedTriton]:
     server = EmbeddedTriton(
         repositories, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()
     )
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def second_triton(triton: EmbeddedTriton) -> Iterator[EmbeddedTriton]:
+    """A second tritonserver on the same repositories: the other replica of the replica tests (which kill
+    it and start it again)."""
+    server = EmbeddedTriton(triton.model_repositories, http_port=free_port(), grpc_port=free_port(),
+                            metrics_port=free_port())
     with server:
         yield server
 

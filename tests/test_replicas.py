@@ -1,7 +1,8 @@
 """One front over two real tritonservers: routing, failover, replicas that come and go.
 
-The session's tritonserver (`triton`) is replica A; this module starts replica B, kills it under load and
-starts it again. Robots are stock openpi_client robots. Waits are bounded; nothing asserts a duration.
+The session's tritonserver (`triton`) is replica A, its second one (`second_triton`) replica B, which
+these tests kill under load and start again. Robots are stock openpi_client robots. Waits are bounded;
+nothing asserts a duration.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import signal
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -65,14 +66,6 @@ def test_a_name_resolves_to_its_addresses_and_an_address_to_itself():
 # --- two replicas under a front ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def replica_b(triton: EmbeddedTriton) -> Iterator[EmbeddedTriton]:
-    server = EmbeddedTriton(triton.model_repositories, http_port=free_port(), grpc_port=free_port(),
-                            metrics_port=free_port())
-    with server:
-        yield server
-
-
 def http_get(base: str, path: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(base.replace("ws://", "http://") + path, timeout=30) as response:
@@ -112,8 +105,8 @@ def steps_restart_after_each_notice(events: list[tuple[float, str, str]]) -> boo
     return True
 
 
-def test_sixteen_robots_over_two_replicas_lose_one_and_get_it_back(triton, replica_b):
-    a, b = triton.grpc_url, replica_b.grpc_url
+def test_sixteen_robots_over_two_replicas_lose_one_and_get_it_back(triton, second_triton):
+    a, b = triton.grpc_url, second_triton.grpc_url
     settings = Settings(triton_url=f"{a},{b}", port=free_port(), host="127.0.0.1", triton_shared_memory=True)
     with running_front(settings) as url:
         address = url.removeprefix("ws://")
@@ -123,7 +116,7 @@ def test_sixteen_robots_over_two_replicas_lose_one_and_get_it_back(triton, repli
             wait_for(lambda: replica_requests(url, a) > 20 and replica_requests(url, b) > 20, 60,
                      "both replicas take requests")
             killed_at = time.monotonic()
-            os.kill(replica_b.pid, signal.SIGKILL)
+            os.kill(second_triton.pid, signal.SIGKILL)
 
             def served_after_kill(count: int) -> Callable[[], bool]:
                 return lambda: all(len([e for e in r.after(killed_at) if e[1] == "ok"]) >= count
@@ -133,11 +126,11 @@ def test_sixteen_robots_over_two_replicas_lose_one_and_get_it_back(triton, repli
             status, body = http_get(url, "/readyz")
             assert status == 200 and "1 of 2 Triton replicas ready" in body and f"replica {b}: " in body, body
 
-            replica_b.stop()  # what was left of it: its python stubs, its shared memory
-            replica_b.start()
+            second_triton.stop()  # what was left of it: its python stubs, its shared memory
+            second_triton.start()
             restarted_at = time.monotonic()
             before = replica_requests(url, b)
-            wait_for(lambda: replica_requests(url, b) > before and inferences(replica_b, "libero") > 0, 60,
+            wait_for(lambda: replica_requests(url, b) > before and inferences(second_triton, "libero") > 0, 60,
                      "the restarted replica B takes requests again")
             assert http_get(url, "/readyz")[1].startswith("2 of 2 Triton replicas ready")
             wait_for(served_after_kill(10), 60, "every robot still gets answers")
@@ -166,10 +159,10 @@ async def until(condition: Callable[[], Any], what: str, timeout_s: float = 60) 
         await asyncio.sleep(0.05)
 
 
-def test_replicas_follow_the_addresses_a_name_resolves_to(triton, replica_b):
+def test_replicas_follow_the_addresses_a_name_resolves_to(triton, second_triton):
     """A headless Service's records change as Triton pods come and go (here a stand-in resolver: this
     machine has no DNS server to change; the replicas behind the addresses are real)."""
-    a, b = triton.grpc_url, replica_b.grpc_url
+    a, b = triton.grpc_url, second_triton.grpc_url
     records: list[str] = [a]
     calls: list[tuple[str, str]] = []
 
