@@ -246,8 +246,12 @@ def test_front_probes_and_ports(overlay, routes):
     assert selects(service["spec"]["selector"], pod_labels(objects, FRONT))
     assert not selects(service["spec"]["selector"], pod_labels(objects, TRITON))
     assert [port_number(front, p["targetPort"]) for p in service["spec"]["ports"]] == [port]
-    # A later --drain-timeout must fit inside the grace period; Kubernetes' default (30 s) is too short.
-    assert spec["terminationGracePeriodSeconds"] > 30
+    # The front's drain (--drain-timeout, then uvicorn's own graceful shutdown) fits in the grace period.
+    from openpi_triton.config import Settings
+    from openpi_triton.front.app import GRACEFUL_SHUTDOWN_S
+
+    drain = float(option(serve_argv(objects), "--drain-timeout") or Settings().drain_timeout_s)
+    assert spec["terminationGracePeriodSeconds"] > drain + GRACEFUL_SHUTDOWN_S
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
