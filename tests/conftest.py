@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,15 @@ def running_front(settings: Settings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def http_get(url: str, path: str) -> tuple[int, str]:
+    """(status, body) of GET `path` on a front, given its ws:// or http:// base URL."""
+    try:
+        with urllib.request.urlopen(url.replace("ws://", "http://") + path, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
 
 
 def front_settings(triton: EmbeddedTriton, **overrides: object) -> Settings:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
@@ -18,21 +16,13 @@ from websockets.sync.client import connect
 
 from openpi_triton.example_observations import libero
 
-from .conftest import front_settings, running_front, settled_statistics
+from .conftest import front_settings, http_get, running_front, settled_statistics
 
 pytestmark = pytest.mark.integration
 
 
 def client_for(url: str, path: str = "", api_key: str | None = None) -> WebsocketClientPolicy:
     return WebsocketClientPolicy(host=url + path, api_key=api_key)
-
-
-def http_get(url: str, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url.replace("ws://", "http://") + path, timeout=30) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
 
 
 def raw_connection(url: str, path: str = ""):

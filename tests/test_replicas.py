@@ -12,8 +12,6 @@ import os
 import re
 import signal
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +28,7 @@ from openpi_triton.triton.client import BackendUnavailable, SequenceFlags, Seque
 from openpi_triton.triton.embedded import EmbeddedTriton
 from openpi_triton.triton.replicas import ReplicaPool
 
-from .conftest import running_front
+from .conftest import http_get, running_front
 from .robots import COUNTER, fleet, wait_for
 
 # --- --triton-url ---------------------------------------------------------------------------------
@@ -64,14 +62,6 @@ def test_a_name_resolves_to_its_addresses_and_an_address_to_itself():
 
 
 # --- two replicas under a front ---------------------------------------------------------------------
-
-
-def http_get(base: str, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(base.replace("ws://", "http://") + path, timeout=30) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
 
 
 def replica_requests(base: str, replica: str, outcome: str = "ok") -> float:
