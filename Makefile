@@ -19,6 +19,7 @@ serve: $(MODEL_ONNX) stale-models
 	$(BIN)/openpi-triton serve
 
 test: $(MODEL_ONNX) $(STAMPS)/system-deps stale-models
+	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 

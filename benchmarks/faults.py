@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -40,7 +39,8 @@ from websockets.sync.client import connect
 
 from openpi_triton.config import DEFAULT_MODEL_REPOSITORY
 from openpi_triton.example_observations import aloha, droid, libero
-from openpi_triton.process import die_with_parent, free_port, group_members
+from openpi_triton.process import children, die_with_parent, free_port, group_members
+from openpi_triton.triton.embedded import python_stubs_of, shared_memory_regions_of
 
 OBSERVATIONS = {"libero": libero, "droid": droid, "aloha": aloha}
 
@@ -70,30 +70,15 @@ class Server:
             return 0, str(error)
 
     def tritonserver(self) -> int:
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                stat = _read(f"/proc/{entry}/stat")
-                if stat and int(stat.rsplit(")", 1)[1].split()[1]) == self.process.pid \
-                        and _read(f"/proc/{entry}/comm").strip() == "tritonserver":
-                    return int(entry)
-        raise RuntimeError("no tritonserver")
+        found = children(self.process.pid, "tritonserver")
+        if not found:
+            raise RuntimeError("no tritonserver")
+        return found[0]
 
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             self.process.wait(120)
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path, "rb") as file:
-            return file.read().decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _shm_prefix(triton_pid: int) -> str:
-    return re.search(r"shm-region-prefix-name=(\S+)", _read(f"/proc/{triton_pid}/cmdline").replace("\0", " ")).group(1)
 
 
 class Robot(threading.Thread):
@@ -166,7 +151,7 @@ def recovery(fleet: list[Robot], moment: float, timeout_s: float = 180) -> float
 def kill_tritonserver(server: Server, robots: int) -> dict[str, Any]:
     fleet = start_fleet(server.port, robots)
     old = server.tritonserver()
-    prefix = _shm_prefix(old)
+    regions = shared_memory_regions_of(old)
     killed = time.monotonic()
     os.kill(old, signal.SIGKILL)
     recovered = recovery(fleet, killed)
@@ -180,14 +165,13 @@ def kill_tritonserver(server: Server, robots: int) -> dict[str, Any]:
             "websockets_lost": sum(1 for robot in fleet
                                    if any(kind.startswith("closed") for kind in robot.outcomes_after(killed))),
             "processes_of_dead_server_left": len(group_members(old)),
-            "shm_regions_of_dead_server_left": len(list(Path("/dev/shm").glob(prefix + "*")))}
+            "shm_regions_of_dead_server_left": sum(region.exists() for region in regions)}
 
 
 def kill_stub(server: Server, robots: int, model: str = "libero_preprocess") -> dict[str, Any]:
     fleet = start_fleet(server.port, robots)
     triton = server.tritonserver()
-    stub = next(pid for pid in group_members(triton) if f"/{model}/1/model.py " in
-                _read(f"/proc/{pid}/cmdline").replace("\0", " "))
+    stub = next(pid for pid, name in python_stubs_of(triton).items() if name == model)
     readiness: list[tuple[float, int, str]] = []
     done = threading.Event()
 
@@ -223,7 +207,7 @@ def sigterm(model_repository: Path, robots: int) -> dict[str, Any]:
     server = Server(model_repository, "--drain-timeout", "30")
     fleet = start_fleet(server.port, robots)
     triton = server.tritonserver()
-    prefix = _shm_prefix(triton)
+    regions = shared_memory_regions_of(triton)
     signalled = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
     code = server.process.wait(120)
@@ -238,7 +222,7 @@ def sigterm(model_repository: Path, robots: int) -> dict[str, Any]:
             "last_frame_of_each_robot": sorted({kind for robot in fleet for _, _, kind in robot.frames[-1:]}),
             "exit_code": code, "seconds_to_exit": round(stopped, 2),
             "processes_left": len(group_members(triton)),
-            "shm_regions_left": len(list(Path("/dev/shm").glob(prefix + "*")))}
+            "shm_regions_left": sum(region.exists() for region in regions)}
 
 
 def _marker(dtype: str, shape: Any, data: Any) -> dict[str, Any]:

@@ -4,8 +4,8 @@ The front adds one hop (robot -> front) to the direct path (robot -> Triton). It
 in layers (tcp, websocket, front: see `benchmarks.overhead_servers`), each a separate server process
 answered by one robot in closed loop.
 
-`paired_added_latency` measures the front in place, against a direct Triton call (the side-by-side
-benchmark runs it, with and without shared memory between the front and Triton).
+`paired_one_robot` measures the front in place, against a direct Triton call, the reference server
+and the bare core, from interleaved calls (the side-by-side benchmark runs it).
 
     python -m benchmarks.front_overhead [--calls 500]
 """
@@ -18,6 +18,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -93,14 +94,14 @@ def measure_layers(model_repository: Path, format_name: str, policy: str, calls:
     return results
 
 
-async def _paired_calls(direct: Any, fronts: dict[str, Any], rounds: int, gap_s: float) -> dict[str, Any]:
-    """Each round calls the direct path and every front once, in an order that rotates by round."""
+async def _paired_calls(paths: dict[str, Any], rounds: int, gap_s: float) -> dict[str, Any]:
+    """Each round calls every path once, in an order that rotates by round; the first path is the
+    baseline that the others' per-round differences are taken against."""
     async def timed(channel: Any) -> float:
         started = time.perf_counter()
         await channel.call()
         return (time.perf_counter() - started) * 1000
 
-    paths = {"direct": direct, **fronts}
     names = list(paths)
     for _ in range(10):  # warm-up of every path
         for channel in paths.values():
@@ -111,28 +112,33 @@ async def _paired_calls(direct: Any, fronts: dict[str, Any], rounds: int, gap_s:
         for name in names[shift:] + names[:shift]:
             times[name].append(await timed(paths[name]))
         await asyncio.sleep(gap_s)
-    result: dict[str, Any] = {"pairs": rounds, "direct_ms": latency_summary(times["direct"]), "fronts": {}}
-    for name in fronts:
-        added = np.subtract(times[name], times["direct"])
-        result["fronts"][name] = {"front_ms": latency_summary(times[name]),
-                                  "added_ms_median": float(np.median(added)),
-                                  "added_ms_iqr": [float(q) for q in np.percentile(added, [25, 75])]}
+    baseline = times[names[0]]
+    result: dict[str, Any] = {"pairs": rounds, "baseline": names[0], "paths": {}}
+    for name in names:
+        minus = np.subtract(times[name], baseline)
+        result["paths"][name] = {"ms": latency_summary(times[name]),
+                                 "minus_baseline_ms_median": float(np.median(minus)),
+                                 "minus_baseline_ms_iqr": [float(q) for q in np.percentile(minus, [25, 75])],
+                                 "times_ms": times[name]}
     return result
 
 
-def paired_added_latency(triton_url: str, front_urls: dict[str, str], policy_name: str, format_name: str,
-                         rounds: int = 200, gap_s: float = 0.02, seed: int = 0) -> dict[str, Any]:
-    """The front's added latency over a direct Triton call, for one robot, from interleaved calls.
+def paired_one_robot(triton_url: str, websocket_urls: dict[str, str], policy_name: str, format_name: str,
+                     rounds: int = 200, gap_s: float = 0.02, seed: int = 0,
+                     core_session: Any = None) -> dict[str, Any]:
+    """One robot's round trip on every path, from interleaved calls: the ensemble directly over gRPC
+    (`direct`, the baseline), each websocket server (fronts with and without shared memory, the
+    reference server) and, given an ONNX Runtime session, the bare policy core in this process (`core`).
 
-    One robot calls the ensemble directly over gRPC and through each front (e.g. with and without
-    shared memory) in turn, with the same observation, so every path sees the same machine state; the
-    median of the per-round differences is not moved by the drift between separate measurement
-    windows that a shared 2-core machine shows.
+    Every round calls each path once with the same observation, so every path sees the same machine
+    state; the per-round differences are not moved by the drift between separate measurement windows
+    that a shared 2-core machine shows.
     """
     import tritonclient.grpc.aio as grpcclient
 
-    from benchmarks.channels import TritonChannel
+    from benchmarks.channels import OnnxChannel, TritonChannel
     from benchmarks.observations import ensemble_inputs, policy_from_triton
+    from openpi_policy.export import example_inputs
 
     observation = make_observations(format_name, 1, seed)[0]
     policy = policy_from_triton(triton_url, policy_name)
@@ -140,12 +146,17 @@ def paired_added_latency(triton_url: str, front_urls: dict[str, str], policy_nam
 
     async def run() -> dict[str, Any]:
         client = grpcclient.InferenceServerClient(triton_url)
-        fronts = {name: await WebsocketChannel.open(url, frames) for name, url in front_urls.items()}
+        servers = {name: await WebsocketChannel.open(url, frames) for name, url in websocket_urls.items()}
         try:
-            direct = TritonChannel(client, policy, [ensemble_inputs(policy, observation)], 0)
-            return await _paired_calls(direct, fronts, rounds, gap_s)
+            paths: dict[str, Any] = {"direct": TritonChannel(client, policy, [ensemble_inputs(policy, observation)], 0),
+                                     **servers}
+            if core_session is not None:
+                with ThreadPoolExecutor(max_workers=1) as executor:
+                    paths["core"] = OnnxChannel(core_session, example_inputs(1), executor)
+                    return await _paired_calls(paths, rounds, gap_s)
+            return await _paired_calls(paths, rounds, gap_s)
         finally:
-            for channel in fronts.values():
+            for channel in servers.values():
                 await channel.close()
             await client.close()
 

@@ -25,7 +25,7 @@ from benchmarks import channels, servers
 from benchmarks.channels import OpenChannelFactory
 from benchmarks.core_capacity import core_capacity
 from benchmarks.cpu import tree_cpu_seconds
-from benchmarks.front_overhead import paired_added_latency
+from benchmarks.front_overhead import paired_one_robot
 from benchmarks.report import markdown, targets
 from benchmarks.triton_stats import TritonStats, delta
 from openpi_policy.core import OnnxRuntimeCore
@@ -62,7 +62,7 @@ class SideBySideConfig:
     progress: bool = True
     capacity_batches: tuple[int, ...] = (1, 2, 4, 8, 16)  # policy-core batch sizes timed with the floor row
     capacity_rounds: int = 5
-    paired_calls: int = 300  # rounds of one robot calling direct Triton and the front(s) in turn
+    paired_calls: int = 300  # rounds of one robot calling every path in turn (direct, fronts, reference, core)
 
     @property
     def policy_name(self) -> str:
@@ -150,7 +150,7 @@ def run(config: SideBySideConfig) -> dict[str, list[PointResult]]:
         triton_url, triton_pid = (stack.enter_context(servers.triton(config.triton_url, config.model_repository))
                                   if {"triton", "front"} & set(config.rows) else (None, None))
         stats = stack.enter_context(_stats(triton_url, config.policy_name)) if triton_url else None
-        front_url = None
+        front_url = reference_url = core_session = None
         setup: dict[str, _Row] = {}
         for name in config.rows:
             if name == "triton":
@@ -165,13 +165,13 @@ def run(config: SideBySideConfig) -> dict[str, list[PointResult]]:
                 setup[name] = _Row(channels.websocket_channels(front_url, frames),
                                    {"front": process.pid, "triton": triton_pid}, stats)
             elif name == "reference":
-                url, process = stack.enter_context(servers.reference_server(config.model_repository,
-                                                                            config.policy_name))
-                setup[name] = _Row(channels.websocket_channels(url, frames), {"reference": process.pid})
+                reference_url, process = stack.enter_context(servers.reference_server(config.model_repository,
+                                                                                      config.policy_name))
+                setup[name] = _Row(channels.websocket_channels(reference_url, frames), {"reference": process.pid})
             else:
-                session = OnnxRuntimeCore(core_onnx_path(config.model_repository)).session
-                capacity = core_capacity(session, config.capacity_batches, config.capacity_rounds)
-                setup[name] = _Row(channels.onnx_channels(session, max(config.robots)), {})
+                core_session = OnnxRuntimeCore(core_onnx_path(config.model_repository)).session
+                capacity = core_capacity(core_session, config.capacity_batches, config.capacity_rounds)
+                setup[name] = _Row(channels.onnx_channels(core_session, max(config.robots)), {})
         rows: dict[str, list[PointResult]] = {name: [] for name in config.rows}
         for index, robots in enumerate(config.robots):
             order = config.rows if index % 2 == 0 else config.rows[::-1]
@@ -179,20 +179,24 @@ def run(config: SideBySideConfig) -> dict[str, list[PointResult]]:
             for name in order:
                 rows[name].append(_run_point(config, name, setup[name], robots))
         if front_url is not None and triton_url is not None and config.paired_calls:
-            paired = _paired(config, triton_url, front_url, triton_pid is not None)
+            others = {"reference": reference_url} if reference_url else {}
+            paired = _paired(config, triton_url, front_url, triton_pid is not None, others, core_session)
     write(config, rows, observations[0], capacity, paired)
     return rows
 
 
-def _paired(config: SideBySideConfig, triton_url: str, front_url: str, shared_memory: bool) -> dict[str, Any]:
-    """The front's added latency from interleaved calls; beside a front on this host's Triton (shared
-    memory), a second front without shared memory shows what that transport is worth."""
+def _paired(config: SideBySideConfig, triton_url: str, front_url: str, shared_memory: bool,
+            others: dict[str, str], core_session: Any) -> dict[str, Any]:
+    """One robot on every path in turn (`front_overhead.paired_one_robot`); beside a front on this host's
+    Triton (shared memory), a second front without shared memory shows what that transport is worth."""
+    def measure(fronts: dict[str, str]) -> dict[str, Any]:
+        return paired_one_robot(triton_url, {**fronts, **others}, config.policy_name, config.format,
+                                config.paired_calls, seed=config.seed, core_session=core_session)
+
     if not shared_memory:
-        return paired_added_latency(triton_url, {"front": front_url}, config.policy_name, config.format,
-                                    config.paired_calls, seed=config.seed)
+        return measure({"front": front_url})
     with servers.front(triton_url, config.policy_name, shared_memory=False) as (inline_url, _):
-        return paired_added_latency(triton_url, {"front": front_url, "front, no shared memory": inline_url},
-                                    config.policy_name, config.format, config.paired_calls, seed=config.seed)
+        return measure({"front": front_url, "front, no shared memory": inline_url})
 
 
 def _announce(config: SideBySideConfig, robots: int, order: tuple[str, ...]) -> None:
@@ -205,13 +209,13 @@ def write(config: SideBySideConfig, rows: dict[str, list[PointResult]], observat
           capacity: dict[str, Any] | None = None, paired: dict[str, Any] | None = None) -> None:
     output = config.output
     output.mkdir(parents=True, exist_ok=True)
-    summary = targets(rows, paired)
+    summary = targets(rows, paired, capacity)
     machine = machine_info()
     settings = {**asdict(config), "model_repository": str(config.model_repository), "output": str(output),
                 "schedule": config.schedule.describe()}
     (output / "results.json").write_text(json.dumps({
         "config": settings, "machine": machine, "observation": describe(observation), "targets": summary,
-        "core_capacity": capacity, "front_added_paired": paired,
+        "core_capacity": capacity, "paired_one_robot": paired,
         "rows": {row: {"title": ROWS[row], "points": [p.to_dict() for p in points]} for row, points in rows.items()},
     }, indent=1))
     header = (f"Side-by-side, {config.format} observations ({config.policy_name} policy); "

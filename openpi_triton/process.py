@@ -161,14 +161,42 @@ class Child:
             self.log_path.unlink(missing_ok=True)
 
 
-def _process_state(pid: int) -> tuple[str, int] | None:
-    """(state letter, process group) of a process, or None when it is gone."""
+def _proc_file(pid: int, name: str) -> bytes:
+    """/proc/<pid>/<name>, empty once the process is gone."""
     try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/{name}", "rb") as file:
+            return file.read()
     except OSError:
+        return b""
+
+
+def _process_state(pid: int) -> tuple[str, int, int] | None:
+    """(state letter, parent, process group) of a process, or None when it is gone."""
+    stat = _proc_file(pid, "stat")
+    if not stat:
         return None
-    return fields[0], int(fields[2])
+    fields = stat.rsplit(b")", 1)[1].split()
+    return fields[0].decode(), int(fields[1]), int(fields[2])
+
+
+def _pids() -> list[int]:
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+def command_line(pid: int) -> list[str]:
+    """A process's argv; empty once it is gone."""
+    return [os.fsdecode(arg) for arg in _proc_file(pid, "cmdline").split(b"\0")[:-1]]
+
+
+def children(pid: int, name: str) -> list[int]:
+    """Live child processes of `pid` whose executable is called `name` (/proc/<child>/comm)."""
+    found = []
+    for child in _pids():
+        state = _process_state(child)
+        if state is not None and state[1] == pid and state[0] not in "ZX" \
+                and _proc_file(child, "comm").decode(errors="replace").strip() == name:
+            found.append(child)
+    return found
 
 
 def is_alive(pid: int) -> bool:
@@ -180,11 +208,10 @@ def is_alive(pid: int) -> bool:
 def group_members(pgid: int) -> list[int]:
     """Live processes of a process group (zombies excluded: they hold no memory and run nothing)."""
     members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            state = _process_state(int(entry))
-            if state is not None and state[1] == pgid and state[0] not in "ZX":
-                members.append(int(entry))
+    for pid in _pids():
+        state = _process_state(pid)
+        if state is not None and state[2] == pgid and state[0] not in "ZX":
+            members.append(pid)
     return members
 
 

@@ -47,8 +47,10 @@ def test_side_by_side_smoke_produces_every_row(triton, tmp_path: Path):
     assert rows["front"][0].triton["policy_core"]["requests"] > 0  # Triton statistics were collected
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["rows"]) == set(ROWS) and "front_added_p50_ms" in results["targets"]
-    paired = results["front_added_paired"]
-    assert paired["direct_ms"]["p50"] > 0 and paired["fronts"]["front"]["front_ms"]["p50"] > 0
+    paths = results["paired_one_robot"]["paths"]
+    assert set(paths) == {"direct", "front", "reference", "core"}  # an external Triton: no shared memory
+    assert all(path["ms"]["p50"] > 0 for path in paths.values())
+    assert {"one_robot_vs_core", "one_robot_vs_reference"} <= set(results["targets"])
     for name in ("table.md", "latency_cdf.png", "scaling.png"):
         assert (tmp_path / name).stat().st_size > 0
 

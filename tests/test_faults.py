@@ -28,8 +28,8 @@ import pytest
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from websockets.exceptions import ConnectionClosed
 
-from openpi_triton.process import die_with_parent, free_port, group_members
-from openpi_triton.triton.embedded import SHARED_MEMORY_DIR
+from openpi_triton.process import children, die_with_parent, free_port, group_members
+from openpi_triton.triton.embedded import python_stubs_of, shared_memory_regions_of
 
 from .conftest import MODEL_REPOSITORY, TEST_MODEL_REPOSITORY
 from .robots import counter_step, fleet, wait_for
@@ -70,52 +70,19 @@ class Served:
 
     def tritonserver(self) -> int:
         """The pid of the tritonserver the front runs now (its child)."""
-        for pid in _pids():
-            if _parent(pid) == self.process.pid and _comm(pid) == "tritonserver":
-                return pid
-        raise AssertionError(f"no tritonserver under the front; log:\n{self.log_tail()}")
+        found = children(self.process.pid, "tritonserver")
+        assert found, f"no tritonserver under the front; log:\n{self.log_tail()}"
+        return found[0]
 
     def log_tail(self) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
 
 
-def _pids() -> list[int]:
-    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path, "rb") as file:
-            return file.read().decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _parent(pid: int) -> int:
-    stat = _read(f"/proc/{pid}/stat")
-    return int(stat.rsplit(")", 1)[1].split()[1]) if stat else -1
-
-
-def _comm(pid: int) -> str:
-    return _read(f"/proc/{pid}/comm").strip()
-
-
-def _cmdline(pid: int) -> str:
-    return _read(f"/proc/{pid}/cmdline").replace("\0", " ")
-
-
 def stub_of(triton_pid: int, model: str) -> int:
-    """The python-backend stub of `model` under a tritonserver (its process group)."""
-    for pid in group_members(triton_pid):
-        if f"/{model}/1/model.py " in _cmdline(pid):
-            return pid
-    raise AssertionError(f"no stub of {model} in tritonserver {triton_pid}'s group")
-
-
-def shared_memory_of(triton_pid: int) -> list[Path]:
-    """The python-backend regions of a tritonserver, by the prefix on its command line."""
-    prefix = re.search(r"shm-region-prefix-name=(\S+)", _cmdline(triton_pid)).group(1)
-    return sorted(SHARED_MEMORY_DIR.glob(prefix + "*"))
+    """The python-backend stub of `model` under a tritonserver."""
+    stubs = [pid for pid, name in python_stubs_of(triton_pid).items() if name == model]
+    assert stubs, f"no stub of {model} in tritonserver {triton_pid}'s group"
+    return stubs[0]
 
 
 def _repository(root: Path, model_onnx: Path) -> Path:
@@ -168,7 +135,7 @@ def test_a_killed_tritonserver_is_replaced_and_robots_keep_their_websocket(serve
     assert [counter_step(stateful) for _ in range(2)] == [1, 2]
     with fleet(served.url, {"libero": 3, "droid": 1}) as robots:
         old = served.tritonserver()
-        stubs, regions = group_members(old), shared_memory_of(old)
+        stubs, regions = group_members(old), shared_memory_regions_of(old)
         assert len(stubs) > 1 and regions
         killed_at = time.monotonic()
         os.kill(old, signal.SIGKILL)
@@ -251,7 +218,7 @@ def test_sigterm_answers_every_inference_in_flight_then_closes_with_1012(tmp_pat
             thread.start()
         wait_for(lambda: served.metric("openpi_triton_in_flight_requests") == robots, 60, "8 frames in flight")
         triton = served.tritonserver()
-        regions = shared_memory_of(triton)
+        regions = shared_memory_regions_of(triton)
         served.process.send_signal(signal.SIGTERM)
         for thread in threads:
             thread.join(90)

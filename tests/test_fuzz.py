@@ -289,6 +289,23 @@ def test_non_finite_actions_never_reach_the_robot(fill):
     assert outcomes(metrics) == {"nonfinite_output"}
 
 
+def test_non_finite_padding_outside_the_robots_slice_is_not_an_error():
+    """The core's padded action dims/steps never reach a LIBERO robot, so they cannot fail its step."""
+    class PaddingNaNBackend(InstantBackend):
+        async def infer(self, policy, tensors, request_id, sequence=None):
+            outputs = await super().infer(policy, tensors, request_id, sequence)
+            actions = outputs["actions"]
+            rows, dims = policy.slices["actions"]
+            actions[..., rows:, :] = np.nan
+            actions[..., dims:] = np.inf
+            return outputs
+
+    sent, metrics = handle("libero", pack(VALID["libero"]), PaddingNaNBackend())
+    assert len(sent) == 1 and isinstance(sent[0], bytes), sent
+    assert np.isfinite(msgpack_numpy.unpackb(sent[0])["actions"]).all()
+    assert outcomes(metrics) == {"ok"}
+
+
 def test_an_unexpected_exception_is_an_error_text_not_a_dropped_socket():
     class BrokenBackend:
         async def infer(self, *args, **kwargs):

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from openpi_policy import spec
-from openpi_policy.core import OnnxRuntimeCore
+from openpi_policy.core import SPINNING_ENV, OnnxRuntimeCore
 from openpi_policy.export import example_inputs, export_reference_policy
 
 # Operators of the exported graph that TensorRT 10's ONNX parser supports. Control flow
@@ -54,6 +54,22 @@ def test_noise_and_masks_reach_the_actions(model_onnx: Path):
     for name, change in [("noise", lambda x: x + 1), ("image_masks", lambda x: ~x), ("tokens", lambda x: x + 1)]:
         varied = dict(inputs, **{name: change(inputs[name])})
         assert not np.allclose(session.run(None, varied)[0], base), f"{name} does not affect the actions"
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, "0"), ("1", "1")])
+def test_core_workers_sleep_unless_spinning_is_asked_for(model_onnx: Path, monkeypatch, value, expected):
+    if value is None:
+        monkeypatch.delenv(SPINNING_ENV, raising=False)
+    else:
+        monkeypatch.setenv(SPINNING_ENV, value)
+    options = _session(model_onnx).get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == expected
+
+
+def test_a_bad_spinning_setting_is_named(model_onnx: Path, monkeypatch):
+    monkeypatch.setenv(SPINNING_ENV, "yes")
+    with pytest.raises(ValueError, match="OPENPI_TRITON_ORT_SPINNING must be 0 or 1, got 'yes'"):
+        _session(model_onnx)
 
 
 def _session(path: Path):

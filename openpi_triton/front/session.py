@@ -185,7 +185,8 @@ class RobotConnection:
         except BackendRejected as error:
             raise Refused(f"policy {self.policy.name!r} failed on this observation: {error}", "backend_error") from None
         infer_ms = (time.monotonic() - infer_start) * 1000
-        self._check_finite(outputs)
+        response = unbatch(self.policy, outputs)
+        self._check_finite(response)
         self.session.calls += 1
         if self.policy.stateful:
             self.session.last_tensors = tensors
@@ -194,13 +195,14 @@ class RobotConnection:
         if self._prev_total_ms is not None:
             timing["prev_total_ms"] = self._prev_total_ms
         log.debug("inference", extra=self._log_extra(request_id=request_id, infer_ms=round(infer_ms, 3)))
-        return encode({**unbatch(self.policy, outputs), "server_timing": timing})
+        return encode({**response, "server_timing": timing})
 
-    def _check_finite(self, outputs: dict[str, np.ndarray]) -> None:
-        """A robot must never act on NaN or inf: such an output is an error, not an answer."""
-        for key, name in self.policy.outputs.items():
-            value = outputs[name]
-            if value.dtype.kind in "fc" and not np.isfinite(value).all():
+    def _check_finite(self, response: dict[str, np.ndarray]) -> None:
+        """A robot must never act on NaN or inf: such an answer is an error. Only what the robot gets is
+        checked (its slice), so padding the robot never sees cannot fail its step."""
+        for key, value in response.items():
+            if isinstance(value, np.ndarray) and value.dtype.kind in "fc" and not np.isfinite(value).all():
+                name = self.policy.outputs[key]
                 output = repr(key) if key == name else f"{key!r} (model output {name!r})"
                 raise Refused(f"policy {self.policy.name!r} returned NaN or inf in output {output}; not sending it. "
                               "The observation may lie far outside what the policy was trained on (for example "

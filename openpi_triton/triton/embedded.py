@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from openpi_triton.config import CPU_CONFIG_NAME, TRITON_GRPC_PORT, TRITON_HTTP_PORT, TRITON_METRICS_PORT
-from openpi_triton.process import Child, ChildFailed, group_members, port_is_free, url_answers
+from openpi_triton.process import Child, ChildFailed, command_line, group_members, port_is_free, url_answers
 
 SHARED_MEMORY_DIR = Path("/dev/shm")
 STUB_NAME = "triton_python_backend_stub"
@@ -201,20 +201,11 @@ class EmbeddedTriton:
 
     def shared_memory_regions(self) -> list[Path]:
         """This server's python-backend regions in /dev/shm (the front's own regions are not among them)."""
-        if not self.shm_prefix:
-            return []
-        return sorted(SHARED_MEMORY_DIR.glob(self.shm_prefix + "*"))  # the prefix has no glob characters
+        return _regions(self.shm_prefix)
 
     def python_stubs(self) -> dict[int, str]:
         """The live python-backend stubs of this server: pid -> the model it runs."""
-        if self.child is None:
-            return {}
-        stubs = {}
-        for pid in group_members(self.child.pid):
-            model = _stub_model(pid)
-            if model is not None:
-                stubs[pid] = model
-        return stubs
+        return {} if self.child is None else python_stubs_of(self.child.pid)
 
     def reload_model(self, name: str, timeout_s: float = 120.0) -> None:
         """Unload `name` and load it again, which starts fresh python stubs for it.
@@ -253,18 +244,27 @@ class EmbeddedTriton:
         self.stop()
 
 
-def _stub_model(pid: int) -> str | None:
-    """The model a python-backend stub runs, read from its command line, whose first argument is the
-    model's file: <repository>/<model>/<version>/model.py."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            argv = cmdline.read().split(b"\0")
-    except OSError:
-        return None
-    if len(argv) < 2 or not argv[0].endswith(STUB_NAME.encode()):
-        return None
-    parts = Path(os.fsdecode(argv[1])).parts
-    return parts[-3] if len(parts) >= 3 else None
+def python_stubs_of(tritonserver_pid: int) -> dict[int, str]:
+    """The live python-backend stubs of any tritonserver started by `EmbeddedTriton` (its own process
+    group): pid -> the model it runs, read from the stub's first argument,
+    <repository>/<model>/<version>/model.py."""
+    stubs = {}
+    for pid in group_members(tritonserver_pid):
+        argv = command_line(pid)
+        if len(argv) >= 2 and argv[0].endswith(STUB_NAME) and len(Path(argv[1]).parts) >= 3:
+            stubs[pid] = Path(argv[1]).parts[-3]
+    return stubs
+
+
+def shared_memory_regions_of(tritonserver_pid: int) -> list[Path]:
+    """A running tritonserver's python-backend regions in /dev/shm, by the prefix on its command line."""
+    prefix = next((arg.rsplit("=", 1)[1] for arg in command_line(tritonserver_pid)
+                   if arg.startswith("--backend-config=python,shm-region-prefix-name=")), "")
+    return _regions(prefix)
+
+
+def _regions(prefix: str) -> list[Path]:
+    return sorted(SHARED_MEMORY_DIR.glob(prefix + "*")) if prefix else []  # the prefix has no glob characters
 
 
 def _triton_error(error: urllib.error.HTTPError) -> str:
