@@ -90,6 +90,11 @@ def test_shared_memory_regions_of_unanswered_requests_are_not_reused(triton):
             # registering a region twice fails ("already in manager").
             pool.forget_registrations(generation)
             assert timed_out.registered and answered.registered
+            # A request that failed on that restart but forgets later, after a region was registered with
+            # the new Triton: registering it again must not fail.
+            pool.release(timed_out)
+            pool.forget_registrations()
+            assert await pool.acquire(300_000) is timed_out and timed_out.registered
         finally:
             await pool.close()
             await client.close()
