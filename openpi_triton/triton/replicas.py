@@ -37,6 +37,9 @@ log = logging.getLogger("openpi_triton.replicas")
 
 # A readiness check answers at once on a live Triton (its health service does not wait for the models).
 CHECK_TIMEOUT_S = 2.0
+# Failed checks in a row that take a ready replica out of routing: one slow answer from a busy machine is
+# not an outage. (A call that finds a replica unreachable takes it out at once.)
+CHECK_FAILURES_DOWN = 2
 
 Resolver = Callable[[Target], Awaitable["list[str] | None"]]
 # (replica address, outcome, seconds) of every call: the front's per-replica metrics.
@@ -51,6 +54,7 @@ class Replica:
     problem: str = "not checked yet"
     down_since: float = field(default_factory=time.monotonic)
     failed_at: float = float("-inf")  # the last call that found it unreachable
+    failed_checks: int = 0  # in a row
     outstanding: int = 0
     retired: str = ""  # why it left the pool; its sessions move, its channel closes once idle
 
@@ -174,8 +178,11 @@ class ReplicaPool:
         if problem is None and not replica.ready:
             await replica.backend.discover(force=True)  # a new or restarted Triton: what does it serve?
             self._merge_policies()
+        replica.failed_checks = 0 if problem is None else replica.failed_checks + 1
         # A call that found it unreachable after this check began knows better than the check.
-        if not replica.retired and replica.failed_at < started:
+        if replica.retired or replica.failed_at >= started:
+            return
+        if problem is None or not replica.ready or replica.failed_checks >= CHECK_FAILURES_DOWN:
             replica.set_problem(problem)
 
     # --- policies and readiness ---------------------------------------------------------------------
