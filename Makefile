@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 STAMPS := .stamps
 MODEL_ONNX := model_repository/policy_core/1/model.onnx
-EXTRAS := embedded,export,client,bench,dev
+EXTRAS := embedded,export,client,bench,gr00t,dev
 # Debian packages the tests and benchmarks load: perf_analyzer (tritonclient[all] wheel) links libb64.
 SYSTEM_PACKAGES := libb64-0d
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)

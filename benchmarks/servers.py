@@ -13,15 +13,16 @@ from openpi_triton.triton.embedded import EmbeddedTriton
 
 
 @contextlib.contextmanager
-def front(triton_url: str, policy: str, shared_memory: bool,
-          host: str = "127.0.0.1") -> Iterator[tuple[str, Child]]:
+def front(triton_url: str, policy: str, shared_memory: bool, host: str = "127.0.0.1",
+          extra_flags: tuple[str, ...] = ()) -> Iterator[tuple[str, Child]]:
     """`openpi-triton serve` on a free port against `triton_url`; yields (ws URL of `policy`, process).
     `shared_memory`: Triton runs on this host, so the front passes camera frames through /dev/shm, as
     `serve` does with its own tritonserver."""
     port = free_port()
     command = [sys.executable, "-m", "openpi_triton", "serve", "--triton-url", triton_url, "--host", host,
                "--port", str(port), "--default-policy", policy, "--log-level", "warning",
-               "--max-connections", "4096", "--triton-shared-memory", "on" if shared_memory else "off"]
+               "--max-connections", "4096", "--triton-shared-memory", "on" if shared_memory else "off",
+               *extra_flags]
     with running_child("front", command, f"http://{host}:{port}/readyz") as process:
         yield f"ws://{host}:{port}/v1/realtime/robot/openpi/{policy}", process
 

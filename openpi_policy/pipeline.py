@@ -14,7 +14,9 @@ The JSON is the `preprocess` parameter of the model's `config.pbtxt`:
      "prompt_input": "prompt", "default_prompt": "", "tokenizer": "bytes", "seed_input": "seed",
      "prompt_cache": 1024}
 
-Paths are relative to the model's directory. A `null` camera slot is always absent (mask False).
+Paths are relative to the model's directory. A `null` camera slot is always absent (mask False). A
+camera's `layout` is HWC (default), CHW, or THWC: a history of frames (GR00T video [T, H, W, 3]), of
+which the newest fills the slot. State inputs with a history axis are flattened.
 `norm_stats` must hold `state` (as wide as the state inputs together) and `actions` (as wide as the
 robot's actions: the ensemble's `output_map` slice).
 """
@@ -70,8 +72,9 @@ class PreprocessConfig:
         if len(cameras) != spec.NUM_CAMERAS:
             raise ValueError(f"'cameras' needs {spec.NUM_CAMERAS} slots (null for unused), got {len(cameras)}")
         for camera in cameras:
-            if camera is not None and camera.layout not in ("HWC", "CHW"):
-                raise ValueError(f"camera {camera.input!r}: layout must be 'HWC' or 'CHW'")
+            if camera is not None and camera.layout not in ("HWC", "CHW", "THWC"):
+                raise ValueError(f"camera {camera.input!r}: layout must be 'HWC', 'CHW' or 'THWC' (a history of "
+                                 "frames, the newest of which is used)")
         return cls(
             cameras=cameras,
             state_inputs=tuple(raw.pop("state_inputs")),
@@ -146,8 +149,9 @@ class Preprocessor:
                 masks[window, slot] = camera_into(images[window, slot], request[camera.input], camera.layout)
                 start += size
 
+        # A state input with a history axis (GR00T's [T, D]) is flattened, oldest step first.
         state = np.concatenate(
-            [_concat([r[name] for r in requests]) for name in self.config.state_inputs], axis=-1
+            [_concat([r[name] for r in requests]).reshape(total, -1) for name in self.config.state_inputs], axis=-1
         ).astype(np.float32, copy=False)
         if state.shape[-1] != self.state_stats.dim:
             raise ValueError(f"state has {state.shape[-1]} dims but the norm stats have {self.state_stats.dim}")

@@ -49,16 +49,22 @@ def resize_with_pad(image: np.ndarray, height: int = IMAGE_SIZE, width: int = IM
     return out
 
 
-def camera_into(out: np.ndarray, frames: np.ndarray, layout: Literal["HWC", "CHW"] = "HWC") -> np.ndarray:
+Layout = Literal["HWC", "CHW", "THWC"]
+
+
+def camera_into(out: np.ndarray, frames: np.ndarray, layout: Layout = "HWC") -> np.ndarray:
     """Write a batch of uint8 camera frames into `out` (uint8 [B, size, size, 3], the core's HWC layout)
     and return the per-item mask.
 
-    `frames` is [B, H, W, 3] (or [B, 3, H, W] for CHW cameras such as ALOHA's). Frames already at
+    `frames` is [B, H, W, 3] (or [B, 3, H, W] for CHW cameras such as ALOHA's, or [B, T, H, W, 3] for a
+    history of T frames as GR00T clients send video: the newest, last, one fills the slot). Frames already at
     the model's size, the usual case, are only copied (a CHW frame one channel at a time, which numpy
     does 7x faster than one strided transpose); the others are resized with pad. An empty frame (H or W
     of 0) means the camera is absent: `out` keeps its zeros and the mask is False, and the policy never
     attends to it.
     """
+    if layout == "THWC":
+        frames, layout = frames[:, -1], "HWC"
     batch, size = out.shape[0], out.shape[1]
     height, width = (frames.shape[2:4] if layout == "CHW" else frames.shape[1:3])
     if height == 0 or width == 0:
@@ -77,7 +83,7 @@ def camera_into(out: np.ndarray, frames: np.ndarray, layout: Literal["HWC", "CHW
 
 
 def prepare_images(
-    images: np.ndarray, layout: Literal["HWC", "CHW"] = "HWC", size: int = IMAGE_SIZE
+    images: np.ndarray, layout: Layout = "HWC", size: int = IMAGE_SIZE
 ) -> tuple[np.ndarray, np.ndarray]:
     """One camera's batch of frames -> (uint8 [B, size, size, 3], bool mask [B]); see `camera_into`."""
     out = np.zeros((images.shape[0], size, size, 3), np.uint8)

@@ -9,6 +9,7 @@ core's model.onnx matches its config.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,7 @@ def _check_processing(models: dict[str, tuple[Path, dict]], report: Report) -> d
             continue
         loaded[name] = pre
         inputs = _tensors(config, "input")
-        state_dims = sum(inputs[i][1][-1] for i in pre.config.state_inputs if i in inputs)
+        state_dims = sum(math.prod(inputs[i][1]) for i in pre.config.state_inputs if i in inputs)
         missing = [i for i in pre.input_names if i not in inputs]
         if missing:
             report.problems.append(f"{path}: preprocess reads inputs {missing} the config does not declare")
@@ -117,21 +118,31 @@ def _check_processing(models: dict[str, tuple[Path, dict]], report: Report) -> d
 
 def _check_action_dims(path: Path, config: dict[str, Any], policy: Policy, preprocessors: dict[str, Preprocessor],
                        report: Report) -> None:
-    """The action dims a robot gets (the last size of the `actions` slice, or of the output without one) are
-    those of the 'actions' norm stats its preprocess un-normalises with: dims past them would reach the
-    robot as the network's padding, never un-normalised."""
+    """The action dims a robot gets (on the last axis of `actions`: the union of its response keys' cuts, such
+    as an arm's and a gripper's, or the whole output for a key without a slice) are exactly those of the
+    'actions' norm stats its preprocess un-normalises with: dims past them would reach the robot as the
+    network's padding, never un-normalised."""
     declared = {name: dims for name, (_, dims) in _tensors(config, "output").items()}
+    if len(declared.get("actions", [])) != 2:
+        return
+    keys = [key for key, output in policy.outputs.items() if output == "actions"]
+    covered: set[int] = set()
+    given = []
+    for key in keys:
+        cut = policy.cut(key)
+        last = cut[1] if len(cut) == 2 else slice(0, declared["actions"][-1])
+        covered |= set(range(last.start, last.stop))
+        if key not in policy.slices:
+            given.append(f"{key!r} output (no slice) {declared['actions']}")
+        else:
+            offset = f" at offset {list(policy.offsets[key])}" if key in policy.offsets else ""
+            given.append(f"{key!r} slice {list(policy.slices[key])}{offset}")
+    dims = f"{len(covered)} action dims" if covered == set(range(len(covered))) else f"action dims {sorted(covered)}"
     steps = [step["model_name"] for step in config.get("ensemble_scheduling", {}).get("step", [])]
     for pre in (preprocessors[step] for step in steps if step in preprocessors):
-        for key, output in policy.outputs.items():
-            if output != "actions" or len(declared.get(output, [])) != 2:
-                continue
-            sizes = list(policy.slices.get(key, ()))
-            dims = sizes + declared[output][len(sizes):]
-            if dims[-1] != pre.action_stats.dim:
-                given = f"slice {sizes}" if key in policy.slices else f"output (no slice) {declared[output]}"
-                report.problems.append(f"{path}: output_map {key!r} {given} gives {dims[-1]} action dims but "
-                                       f"{pre.config.norm_stats} has {pre.action_stats.dim} for 'actions'")
+        if keys and covered != set(range(pre.action_stats.dim)):
+            report.problems.append(f"{path}: output_map {', '.join(given)} {'give' if len(keys) > 1 else 'gives'} "
+                                   f"{dims} but {pre.config.norm_stats} has {pre.action_stats.dim} for 'actions'")
 
 
 def _check_onnx(repository: Path, models: dict[str, tuple[Path, dict]], report: Report) -> None:

@@ -11,6 +11,9 @@ ENV_PREFIX = "OPENPI_TRITON_"
 
 DEFAULT_MODEL_REPOSITORY = Path("model_repository")
 DEFAULT_POLICY = "libero"
+# The policy GR00T clients get (their protocol names none): the repository's GR00T-shaped example.
+DEFAULT_GR00T_POLICY = "so100"
+GR00T_PORT = 5555  # GR00T's own default, for documentation and the load generator
 # Triton's own defaults (its gRPC, metrics and HTTP ports), for the embedded tritonserver.
 TRITON_GRPC_PORT = 8001
 TRITON_METRICS_PORT = 8002
@@ -59,6 +62,11 @@ class Settings:
     triton_restart_delay_s: float = 1.0
     triton_restart_max_delay_s: float = 30.0
     log_level: str = "info"
+    # GR00T clients (ZeroMQ): off unless a port is set.
+    gr00t_port: int | None = None
+    gr00t_policy: str = DEFAULT_GR00T_POLICY
+    gr00t_allow_kill: bool = False  # GR00T's `kill` endpoint stops the whole server when allowed
+    gr00t_modality_form: str = "n1.6"  # ModalityConfig as N1.5 or N1.6 clients read it
 
     @property
     def auth_enabled(self) -> bool:

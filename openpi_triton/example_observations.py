@@ -1,5 +1,6 @@
 """Synthetic observations built the way OpenPI's example clients build them (examples/libero,
-examples/droid, examples/aloha_*), for the demo client, the load generator, the benchmarks and the tests."""
+examples/droid, examples/aloha_*) and Isaac GR00T's SO-100 examples do, for the demo client, the load
+generator, the benchmarks and the tests."""
 
 from __future__ import annotations
 
@@ -45,8 +46,22 @@ def aloha(rng: np.random.Generator, real_robot: bool = False) -> Observation:
     }
 
 
+def so100(rng: np.random.Generator, raw_frames: bool = False) -> Observation:
+    """An SO-100 arm in Isaac GR00T's flat keys (the `so100` policy), one step of history (T = 1): what an
+    OpenPI robot sends, and a GR00T N1.5 client too but for its language, a list of one text.
+    raw_frames: the webcams' 480x640 frames instead of 224x224."""
+    shape = (1, 480, 640, 3) if raw_frames else (1, 224, 224, 3)
+    return {
+        "video.front": _image(rng, shape),
+        "video.wrist": _image(rng, shape),
+        "state.single_arm": rng.normal(scale=30.0, size=(1, 5)),  # float64 degrees, as GR00T's clients send
+        "state.gripper": rng.uniform(0.0, 60.0, size=(1, 1)),
+        "annotation.human.task_description": "pick up the red cube and put it in the bin",
+    }
+
+
 FORMATS: dict[str, Callable[[np.random.Generator], Observation]] = {
-    "libero": libero, "droid": droid, "aloha": aloha,
+    "libero": libero, "droid": droid, "aloha": aloha, "so100": so100,
 }
 
 

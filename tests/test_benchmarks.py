@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks.front_overhead import measure_layers
+from benchmarks.mixed_fleet import run as run_mixed_fleet
+from benchmarks.mixed_fleet import shared_a_batch
+from benchmarks.mixed_fleet import table as mixed_table
 from benchmarks.perf_triton import Sweep, input_data
 from benchmarks.perf_triton import run as run_perf_analyzer
 from benchmarks.python_steps import measure as measure_python_steps
@@ -112,3 +115,23 @@ def test_front_overhead_layers_are_measured():
 
     assert set(layers) == {"tcp", "websocket", "front"}
     assert all(summary["p50"] > 0 for summary in layers.values())
+
+
+def test_mixed_fleet_proves_shared_batches_only_from_counts_that_prove_it():
+    # 97 GR00T requests cannot be a sum of even batch sizes: some batch held both protocols.
+    assert shared_a_batch({2: 1, 16: 12}, gr00t_requests=97, total=194) is True
+    assert shared_a_batch({16: 6}, gr00t_requests=48, total=96) is None        # three batches of each, maybe
+    assert shared_a_batch({3: 1, 13: 1, 16: 5}, gr00t_requests=48, total=96) is None
+    assert shared_a_batch({16: 2}, gr00t_requests=15, total=40) is None        # other traffic in the window
+
+
+@pytest.mark.integration
+def test_mixed_fleet_smoke_runs_both_protocols(triton, tmp_path: Path):
+    args = argparse.Namespace(triton_url=triton.grpc_url, model_repository=MODEL_REPOSITORY, robots=(2,), rate=20.0,
+                              replan_steps=5, duration=1.0, warmup=0.3, seed=0, output=tmp_path)
+    results = run_mixed_fleet(args)
+    (point,) = results["points"]
+    assert [fleet["row"] for fleet in point["fleets"]] == ["gr00t", "openpi"]
+    assert all(fleet["requests"] > 0 and fleet["errors"] == 0 for fleet in point["fleets"]), point["fleets"]
+    assert point["triton"]["so100"]["requests"] > 0 and point["triton"]["libero"]["requests"] > 0
+    assert "a batch held both protocols" in mixed_table(results)

@@ -38,7 +38,7 @@ def edit(path: Path, old: str, new: str) -> None:
 def test_the_shipped_repository_passes():
     result = cli("check", "--model-repository", str(MODEL_REPOSITORY))
     assert result.returncode == 0, result.stdout
-    assert "3 policies: aloha, droid, libero" in result.stdout
+    assert "4 policies: aloha, droid, libero, so100" in result.stdout
 
 
 def test_observation_map_to_an_unknown_input(repository):
@@ -153,7 +153,8 @@ def test_environment_variables_are_read_and_checked():
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("fmt, shape", [("libero", "(10, 7)"), ("droid", "(15, 8)"), ("aloha", "(50, 14)")])
+@pytest.mark.parametrize("fmt, shape", [("libero", "(10, 7)"), ("droid", "(15, 8)"), ("aloha", "(50, 14)"),
+                                        ("so100", "{'action.single_arm': (16, 5), 'action.gripper': (16, 1)}")])
 def test_demo_client_runs_a_robot_loop(front, fmt, shape):
     port = front.rsplit(":", 1)[1]
     result = cli("client", "--format", fmt, "--steps", "3", "--host", "127.0.0.1", "--port", port)

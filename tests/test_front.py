@@ -150,7 +150,8 @@ def test_health_readiness_metrics_and_policy_list(front):
     assert http_get(front, "/readyz")[0] == 200
     client_for(front).infer(libero(np.random.default_rng(0)))
     status, metrics = http_get(front, "/metrics")
-    assert status == 200 and 'openpi_triton_requests_total{endpoint="infer",outcome="ok",policy="libero"}' in metrics
+    ok = 'openpi_triton_requests_total{endpoint="infer",outcome="ok",policy="libero",protocol="openpi"}'
+    assert status == 200 and ok in metrics
     status, body = http_get(front, "/v1/policies")
     policies = {p["name"]: p for p in json.loads(body)["policies"]}
     assert policies["libero"]["metadata"] == {} and "observation/state" in policies["libero"]["observation"]

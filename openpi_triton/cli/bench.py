@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from openpi_triton.cli.options import CliError
-from openpi_triton.config import DEFAULT_POLICY
+from openpi_triton.config import DEFAULT_POLICY, GR00T_PORT
 from openpi_triton.example_observations import FORMATS
 from openpi_triton.loadgen.schedule import Schedule, parse_robot_counts
 
@@ -25,8 +25,10 @@ def _robot_counts(text: str) -> tuple[int, ...]:
 def _url(args: argparse.Namespace) -> str:
     if args.url:
         return args.url
+    if args.protocol == "gr00t":  # one policy per GR00T port: the server's --gr00t-policy
+        return f"tcp://{args.host}:{args.port or GR00T_PORT}"
     policy = args.policy or args.format
-    return f"ws://{args.host}:{args.port}/v1/realtime/robot/openpi/{policy}"
+    return f"ws://{args.host}:{args.port or 8000}/v1/realtime/robot/openpi/{policy}"
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -41,7 +43,8 @@ def _run(args: argparse.Namespace) -> None:
                         None if args.deadline_ms is None else args.deadline_ms / 1000)
     config = LoadgenConfig(url=_url(args), format=args.format, robots=args.robots, schedule=schedule,
                            duration_s=args.duration, warmup_s=args.warmup, api_key=args.api_key,
-                           label=args.label, seed=args.seed)
+                           label=args.label, seed=args.seed, protocol=args.protocol,
+                           gr00t_generation=args.gr00t_generation)
     print(f"{config.url}: {', '.join(map(str, config.robots))} robots, {schedule.describe()}, "
           f"{config.duration_s:g} s each", file=sys.stderr)
     points = run_sweep(config)
@@ -57,19 +60,25 @@ def _run(args: argparse.Namespace) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "bench", help="load-test a server with a fleet of simulated robots (OpenPI wire format)",
+        "bench", help="load-test a server with a fleet of simulated robots (OpenPI or GR00T wire format)",
         description="Simulated robots, each on its own websocket: every robot runs its controller at --rate Hz "
                     "and asks for a new action chunk every --replan-steps steps; the answer is due before "
                     "those steps run out (deadline = replan-steps / rate unless --deadline-ms). Reports "
                     "latency percentiles, throughput, deadline misses and errors per fleet size, and writes "
                     "results.json plus PNG plots.")
-    p.add_argument("--url", help="websocket URL of the policy (default: built from --host/--port/--policy)")
+    p.add_argument("--url", help="websocket URL of the policy, or tcp://host:port of a GR00T endpoint (default: "
+                   "built from --host/--port/--policy)")
+    p.add_argument("--protocol", choices=("openpi", "gr00t"), default="openpi",
+                   help="openpi: websocket robots (openpi_client's wire format); gr00t: Isaac GR00T clients over "
+                        "ZeroMQ, against a server's --gr00t-port (use --format so100 for the shipped GR00T policy)")
+    p.add_argument("--gr00t-generation", choices=("n1.5", "n1.6"), default="n1.6",
+                   help="with --protocol gr00t: the GR00T client generation whose requests are sent")
     p.add_argument("--host", default="localhost")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=None, help=f"[default: 8000, or {GR00T_PORT} with --protocol gr00t]")
     p.add_argument("--policy", help="policy to ask (default: the one named like the format)")
     p.add_argument("--format", choices=sorted(FORMATS), default=DEFAULT_POLICY,
                    help="observation format to send")
-    p.add_argument("--api-key", default=None)
+    p.add_argument("--api-key", default=None, help="the robots' API key (GR00T clients send it as api_token)")
     p.add_argument("--robots", type=_robot_counts, default=(1, 4, 16),
                    help="fleet sizes to run one after another, comma-separated [default: 1,4,16]")
     p.add_argument("--rate", type=float, default=10.0, help="control rate in Hz; 0 = closed loop [default: 10]")

@@ -28,3 +28,27 @@ def add_env_flag(parser: argparse.ArgumentParser, flag: str, kind: Callable[[str
             raise CliError(f"environment variable {env}={raw!r} must be one of {', '.join(choices)}")
     parser.add_argument(f"--{flag}", type=kind, default=default, choices=choices,
                         help=f"{help} [env {env}; default: %(default)s]")
+
+
+_SWITCH = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+def switch(text: str) -> bool:
+    """A yes/no value: 1/0, true/false, yes/no, on/off."""
+    try:
+        return _SWITCH[text.strip().lower()]
+    except KeyError:
+        raise ValueError(f"expected one of {', '.join(_SWITCH)}, got {text!r}") from None
+
+
+def add_env_switch(parser: argparse.ArgumentParser, flag: str, help: str) -> None:
+    """An off-by-default flag: `--flag` (or `--flag no`), or OPENPI_TRITON_<FLAG>=1."""
+    env = env_var(flag)
+    raw = os.environ.get(env)
+    try:
+        default = False if raw is None else switch(raw)
+    except ValueError:
+        raise CliError(f"environment variable {env}={raw!r} is not a yes/no value (1/0, true/false, yes/no, on/off)")\
+            from None
+    parser.add_argument(f"--{flag}", type=switch, nargs="?", const=True, default=default, metavar="yes|no",
+                        help=f"{help} [env {env}=1; default: %(default)s]")

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from openpi_triton.cli.options import CliError, add_env_flag
-from openpi_triton.config import Settings, core_onnx_path, read_api_keys
+from openpi_triton.cli.options import CliError, add_env_flag, add_env_switch
+from openpi_triton.config import GR00T_PORT, Settings, core_onnx_path, read_api_keys
+from openpi_triton.process import port_is_free
 from openpi_triton.triton.addresses import AddressError, parse_targets
 
 
@@ -50,6 +51,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_env_flag(p, "triton-restart-max-delay", float, d.triton_restart_max_delay_s,
                  "the longest wait between embedded tritonserver restarts")
     add_env_flag(p, "log-level", str, d.log_level, "debug, info, warning or error")
+    add_env_flag(p, "gr00t-port", int, d.gr00t_port, f"also serve Isaac GR00T clients (ZeroMQ) on this port, "
+                 f"GR00T's default being {GR00T_PORT}; off unless set (needs the 'gr00t' extra: pyzmq)")
+    add_env_flag(p, "gr00t-policy", str, d.gr00t_policy, "the policy GR00T clients get (a policy with a "
+                 "gr00t_modality_config parameter)")
+    add_env_flag(p, "gr00t-modality-form", str, d.gr00t_modality_form, "ModalityConfig in get_modality_config "
+                 "replies as GR00T N1.5 clients read it (a JSON string, prefixed keys) or N1.6 clients (a map, bare "
+                 "keys); each crashes on the other's", choices=("n1.5", "n1.6"))
+    add_env_switch(p, "gr00t-allow-kill", "let a GR00T client's `kill` request stop the server (as SIGTERM does); "
+                   "refused otherwise")
     p.set_defaults(run=_serve)
 
 
@@ -76,7 +86,22 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         triton_restart_delay_s=args.triton_restart_delay, triton_restart_max_delay_s=args.triton_restart_max_delay,
         triton_shared_memory=args.triton_shared_memory == "on"
         or (args.triton_shared_memory == "auto" and args.triton_url is None),
+        gr00t_port=args.gr00t_port, gr00t_policy=args.gr00t_policy, gr00t_allow_kill=args.gr00t_allow_kill,
+        gr00t_modality_form=args.gr00t_modality_form,
     )
+
+
+def _check_gr00t(settings: Settings) -> None:
+    """What would keep the GR00T endpoint from starting, said before anything starts."""
+    if settings.gr00t_port is None:
+        return
+    try:
+        import zmq  # noqa: F401
+    except ImportError:
+        raise CliError("--gr00t-port needs pyzmq: pip install 'openpi-triton[gr00t]'") from None
+    probe_host = "127.0.0.1" if ":" in settings.host else settings.host  # port_is_free probes IPv4
+    if settings.gr00t_port == settings.port or not port_is_free(settings.gr00t_port, probe_host):
+        raise CliError(f"--gr00t-port {settings.gr00t_port} is already in use on {settings.host}; choose another port")
 
 
 def _announce(settings: Settings) -> Callable[[dict[str, Any]], None]:
@@ -94,6 +119,11 @@ def _announce(settings: Settings) -> Callable[[dict[str, Any]], None]:
               "  from openpi_client.websocket_client_policy import WebsocketClientPolicy\n"
               f"  policy = WebsocketClientPolicy(host='{host}', port={settings.port}{key})\n"
               "  actions = policy.infer(observation)['actions']\n", flush=True)
+        if settings.gr00t_port is not None:
+            token = ", api_token='<key>'" if settings.auth_enabled else ""
+            print(f"GR00T clients: tcp://{host}:{settings.gr00t_port}, policy {settings.gr00t_policy!r} "
+                  f"(ModalityConfig for {settings.gr00t_modality_form.upper()} clients)\n"
+                  f"  PolicyClient(host='{host}', port={settings.gr00t_port}{token})\n", flush=True)
     return announce
 
 
@@ -105,6 +135,7 @@ def _serve(args: argparse.Namespace) -> None:
     from openpi_triton.triton.supervisor import TritonSupervisor
 
     settings = settings_from_args(args)
+    _check_gr00t(settings)
     configure_logging(settings.log_level)
     supervisor, health = None, Health()
     if settings.triton_url is None:

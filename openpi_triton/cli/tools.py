@@ -89,7 +89,8 @@ def register_client(sub: argparse._SubParsersAction) -> None:
             started = time.perf_counter()
             result = policy.infer(observation)
             latencies.append((time.perf_counter() - started) * 1000)
-            shape = result["actions"].shape
+            shapes = {key: value.shape for key, value in result.items() if isinstance(value, np.ndarray)}
+            shape = shapes.get("actions", shapes)  # a GR00T-shaped policy answers several action keys
             _progress(step, args.steps, latencies[-1])
         p50, p90, p99 = np.percentile(latencies, [50, 90, 99])
         print(f"\n{args.steps} steps of {args.format}: actions {shape}; latency p50 {p50:.1f} ms, "

@@ -1,5 +1,6 @@
 """The Starlette app: OpenPI websocket routes in front of a policy backend, plus health, readiness,
-metrics and the policy list; and the uvicorn options it is served with."""
+metrics and the policy list (and, with a GR00T port, the GR00T endpoint for its lifetime); and the uvicorn
+options it is served with."""
 
 from __future__ import annotations
 
@@ -62,10 +63,21 @@ def create_app(settings: Settings, backend: Backend | None = None,
         if pool is not None:
             await pool.start()
         policies = await backend.discover(force=True)
+        gr00t = None
+        if settings.gr00t_port is not None:  # GR00T clients on the same backend, so batched with the robots here
+            from openpi_triton.front.gr00t.server import Gr00tServer  # needs pyzmq: the 'gr00t' extra
+
+            gr00t = Gr00tServer(settings, backend, metrics, drain)
+            await gr00t.start()
+        app.state.gr00t = gr00t
         if on_ready is not None:
             on_ready(policies)
-        yield
-        await backend.close()
+        try:
+            yield
+        finally:
+            if gr00t is not None:
+                await gr00t.stop()
+            await backend.close()
 
     async def refuse(websocket: WebSocket, status: int, reason: str, metric: str) -> None:
         metrics.rejected.labels(metric).inc()
@@ -96,7 +108,7 @@ def create_app(settings: Settings, backend: Backend | None = None,
                                   f"server at its limit of {settings.max_connections} robots")
             return
         open_connections += 1
-        metrics.connections.labels(name).inc()
+        metrics.connections.labels(name, "openpi").inc()
         drain.opened()
         try:
             await websocket.accept()
@@ -105,7 +117,7 @@ def create_app(settings: Settings, backend: Backend | None = None,
             pass
         finally:
             open_connections -= 1
-            metrics.connections.labels(name).dec()
+            metrics.connections.labels(name, "openpi").dec()
             drain.closed()
 
     async def healthz(request: Request) -> Response:

@@ -1,4 +1,5 @@
-"""API-key checks for the websocket upgrade: `Authorization: Api-Key <key>` (openpi-client) or `Bearer <key>`."""
+"""API-key checks: the websocket upgrade's `Authorization: Api-Key <key>` (openpi-client) or `Bearer <key>`,
+and the `api_token` of a GR00T request."""
 
 from __future__ import annotations
 
@@ -15,10 +16,14 @@ def presented_key(authorization: str | None) -> str | None:
     return key.strip() if scheme.lower() in _SCHEMES and key.strip() else None
 
 
-def is_authorized(authorization: str | None, keys: Iterable[str]) -> bool:
-    """Constant-time comparison against every configured key (no early exit on a match)."""
-    presented = (presented_key(authorization) or "").encode()
+def key_matches(presented: object, keys: Iterable[str]) -> bool:
+    """Constant-time comparison of a presented key against every configured key (no early exit on a match)."""
+    candidate = presented.encode() if isinstance(presented, str) else b""
     matched = False
     for key in keys:
-        matched |= hmac.compare_digest(presented, key.encode())
-    return matched and bool(presented)
+        matched |= hmac.compare_digest(candidate, key.encode())
+    return matched and bool(candidate)
+
+
+def is_authorized(authorization: str | None, keys: Iterable[str]) -> bool:
+    return key_matches(presented_key(authorization), keys)

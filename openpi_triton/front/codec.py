@@ -29,26 +29,27 @@ class ProtocolError(ValueError):
     """A frame the server cannot accept; the message says what and where, for the client to read."""
 
 
-def _text(value: Any) -> Any:
+def text(value: Any) -> Any:
+    """A msgpack bin key or value as str (lenient: bad UTF-8 becomes U+FFFD); other values as they are."""
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-def _parse_dtype(raw: Any, where: str) -> np.dtype:
-    text = _text(raw)
-    if not isinstance(text, str):
+def parse_dtype(raw: Any, where: str) -> np.dtype:
+    name = text(raw)
+    if not isinstance(name, str):
         raise ProtocolError(f"{where}: dtype must be a string such as '<f4', got {type(raw).__name__}")
-    unsupported = f"{where}: unsupported dtype {text[:40]!r}; send bool, integer, float or string arrays"
-    if not _DTYPE.match(text):
-        kind = text.lstrip("<>|=")[:1]
+    unsupported = f"{where}: unsupported dtype {name[:40]!r}; send bool, integer, float or string arrays"
+    if not _DTYPE.match(name):
+        kind = name.lstrip("<>|=")[:1]
         if kind in _REFUSED_KINDS:
-            raise ProtocolError(f"{where}: {_REFUSED_KINDS[kind]} dtype {text!r} is not accepted")
+            raise ProtocolError(f"{where}: {_REFUSED_KINDS[kind]} dtype {name!r} is not accepted")
         raise ProtocolError(unsupported)
     try:
-        dtype = np.dtype(text)
+        dtype = np.dtype(name)
     except TypeError:  # well-formed but not a real type, such as '<f3'
         raise ProtocolError(unsupported) from None
     if dtype.itemsize == 0:
-        raise ProtocolError(f"{where}: zero-width dtype {text!r} is not accepted")
+        raise ProtocolError(f"{where}: zero-width dtype {name!r} is not accepted")
     return dtype
 
 
@@ -60,10 +61,10 @@ def _parse_shape(raw: Any, where: str) -> tuple[int, ...]:
     return tuple(raw)
 
 
-def _array(data: Any, dtype_raw: Any, shape_raw: Any, where: str) -> np.ndarray:
-    dtype = _parse_dtype(dtype_raw, where)
+def array_from_bytes(data: Any, dtype_raw: Any, shape_raw: Any, where: str) -> np.ndarray:
+    dtype = parse_dtype(dtype_raw, where)
     shape = _parse_shape(shape_raw, where)
-    if not isinstance(data, bytes):
+    if not isinstance(data, (bytes, memoryview)):
         raise ProtocolError(f"{where}: array data must be binary, got {type(data).__name__}")
     expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow, nothing allocated
     if len(data) != expected:
@@ -85,7 +86,7 @@ def _valid_code_points(data: bytes, dtype: np.dtype) -> bool:
 
 def _scalar(data: Any, dtype_raw: Any, where: str) -> np.generic:
     """openpi-client's scalar: the value itself (`obj.item()`) and its dtype."""
-    dtype = _parse_dtype(dtype_raw, where)
+    dtype = parse_dtype(dtype_raw, where)
     try:
         return dtype.type(data)
     except (TypeError, ValueError, OverflowError):
@@ -94,20 +95,20 @@ def _scalar(data: Any, dtype_raw: Any, where: str) -> np.generic:
 
 def _raw_scalar(data: Any, dtype_raw: Any, where: str) -> np.generic:
     """msgpack-numpy's scalar: its bytes (`obj.tobytes()`) and its dtype."""
-    return _array(data, dtype_raw, [], where)[()]
+    return array_from_bytes(data, dtype_raw, [], where)[()]
 
 
-def _decode_marker(node: Mapping[Any, Any], where: str) -> Any:
+def decode_marker(node: Mapping[Any, Any], where: str) -> Any:
     """An array or scalar if `node` is one of the two marker formats, else None."""
-    keys = {_text(key): value for key, value in node.items()}
+    keys = {text(key): value for key, value in node.items()}
     if keys.get("__ndarray__") is True:
-        return _array(keys.get("data"), keys.get("dtype"), keys.get("shape"), where)
+        return array_from_bytes(keys.get("data"), keys.get("dtype"), keys.get("shape"), where)
     if keys.get("__npgeneric__") is True:
         return _scalar(keys.get("data"), keys.get("dtype"), where)
     if keys.get("nd") is True:  # msgpack-numpy
-        if _text(keys.get("kind", "")) not in ("", None):
-            raise ProtocolError(f"{where}: msgpack-numpy arrays of kind {_text(keys.get('kind'))!r} are not accepted")
-        return _array(keys.get("data"), keys.get("type"), keys.get("shape"), where)
+        if text(keys.get("kind", "")) not in ("", None):
+            raise ProtocolError(f"{where}: msgpack-numpy arrays of kind {text(keys.get('kind'))!r} are not accepted")
+        return array_from_bytes(keys.get("data"), keys.get("type"), keys.get("shape"), where)
     if keys.get("nd") is False and "type" in keys:  # msgpack-numpy scalar
         return _raw_scalar(keys.get("data"), keys.get("type"), where)
     return None
@@ -119,9 +120,9 @@ def flatten(tree: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
         raise ProtocolError(f"key {prefix.rstrip('/')!r}: maps nested deeper than {MAX_NESTING} levels")
     flat: dict[str, Any] = {}
     for raw_key, value in tree.items():
-        key = f"{prefix}{_text(raw_key)}"
+        key = f"{prefix}{text(raw_key)}"
         if isinstance(value, dict):
-            decoded = _decode_marker(value, f"key {key!r}")
+            decoded = decode_marker(value, f"key {key!r}")
             if decoded is None:
                 flat.update(flatten(value, f"{key}/"))
             else:

@@ -18,12 +18,12 @@ class FrontMetrics:
     def __init__(self, health: Health | None = None, replicas: ReplicaPool | None = None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "openpi_triton_requests", "Websocket requests by policy, endpoint and outcome",
-            ["policy", "endpoint", "outcome"], registry=self.registry,
+            "openpi_triton_requests", "Requests by policy, endpoint, outcome and protocol (openpi: websocket, "
+            "gr00t: ZeroMQ)", ["policy", "endpoint", "outcome", "protocol"], registry=self.registry,
         )
         self.latency = Histogram(
             "openpi_triton_request_seconds", "Time from a frame's arrival to its answer",
-            ["policy"], registry=self.registry, buckets=LATENCY_BUCKETS,
+            ["policy", "protocol"], registry=self.registry, buckets=LATENCY_BUCKETS,
         )
         self.replica_requests = Counter(
             "openpi_triton_replica_requests", "Calls to each Triton replica by outcome (ok, or the error: "
@@ -35,13 +35,15 @@ class FrontMetrics:
             ["replica"], registry=self.registry, buckets=LATENCY_BUCKETS,
         )
         self.connections = Gauge(
-            "openpi_triton_connections", "Open robot connections", ["policy"], registry=self.registry,
+            "openpi_triton_connections", "Open robot connections (gr00t: clients heard from within the idle "
+            "timeout and still connected)", ["policy", "protocol"], registry=self.registry,
         )
         self.in_flight = Gauge(
             "openpi_triton_in_flight_requests", "Frames received and not yet answered", registry=self.registry,
         )
         self.rejected = Counter(
-            "openpi_triton_rejected_connections", "Connections refused at the handshake", ["reason"],
+            "openpi_triton_rejected_connections", "Connections refused at the handshake (gr00t: requests of a "
+            "client refused for the connection limit)", ["reason"],
             registry=self.registry,
         )
         if health is not None:

@@ -21,13 +21,14 @@ from openpi_triton.config import Settings
 from openpi_triton.front.codec import ProtocolError, decode_frame, encode
 from openpi_triton.front.drain import Drain
 from openpi_triton.front.metrics import FrontMetrics
-from openpi_triton.front.observations import observation_to_tensors, unbatch
+from openpi_triton.front.observations import nonfinite_answer, observation_to_tensors, unbatch
 from openpi_triton.triton.client import Backend, BackendRejected, BackendUnavailable, SequenceFlags, SequenceLost
 from openpi_triton.triton.policy import Policy
 
 log = logging.getLogger("openpi_triton.front")
 
 CONTROL_KEYS = ("endpoint", "session_id", "seed")
+PROTOCOL = "openpi"  # the metrics label of this front's requests
 MAX_SESSION_ID_CHARS = 256
 # Triton sequence ids: one per session, unique within this process.
 _sequence_ids = itertools.count(secrets.randbits(40) + 1)
@@ -146,10 +147,10 @@ class RobotConnection:
         finally:
             self.metrics.in_flight.dec()
         total = time.monotonic() - started
-        self.metrics.requests.labels(self.policy.name, self._endpoint, "ok").inc()
+        self.metrics.requests.labels(self.policy.name, self._endpoint, "ok", PROTOCOL).inc()
         if self._endpoint == "infer":
             self._prev_total_ms = total * 1000
-            self.metrics.latency.labels(self.policy.name).observe(total)
+            self.metrics.latency.labels(self.policy.name, PROTOCOL).observe(total)
 
     async def _answer(self, frame: bytes, request_id: str) -> bytes:
         """The encoded answer to one frame; raises Refused with the text the robot gets instead."""
@@ -197,16 +198,10 @@ class RobotConnection:
         log.debug("inference", extra=self._log_extra(request_id=request_id, infer_ms=round(infer_ms, 3)))
         return encode({**response, "server_timing": timing})
 
-    def _check_finite(self, response: dict[str, np.ndarray]) -> None:
-        """A robot must never act on NaN or inf: such an answer is an error. Only what the robot gets is
-        checked (its slice), so padding the robot never sees cannot fail its step."""
-        for key, value in response.items():
-            if isinstance(value, np.ndarray) and value.dtype.kind in "fc" and not np.isfinite(value).all():
-                name = self.policy.outputs[key]
-                output = repr(key) if key == name else f"{key!r} (model output {name!r})"
-                raise Refused(f"policy {self.policy.name!r} returned NaN or inf in output {output}; not sending it. "
-                              "The observation may lie far outside what the policy was trained on (for example "
-                              "a state beyond its normalisation range)", "nonfinite_output")
+    def _check_finite(self, response: dict[str, Any]) -> None:
+        problem = nonfinite_answer(self.policy, response)
+        if problem is not None:
+            raise Refused(problem, "nonfinite_output")
 
     @staticmethod
     def _control(message: dict[str, Any]) -> tuple[str, str | None, int | None]:
@@ -231,7 +226,7 @@ class RobotConnection:
         return endpoint, None if session_id is None else str(session_id), seed
 
     async def _send_error(self, text: str, outcome: str, endpoint: str = "infer", request_id: str = "") -> None:
-        self.metrics.requests.labels(self.policy.name, endpoint, outcome).inc()
+        self.metrics.requests.labels(self.policy.name, endpoint, outcome, PROTOCOL).inc()
         log.warning("request failed", extra=self._log_extra(request_id=request_id, outcome=outcome, error=text))
         await self.websocket.send_text(text)
 

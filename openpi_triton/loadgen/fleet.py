@@ -32,6 +32,10 @@ class ChannelBroken(RuntimeError):
     """The connection is gone; the robot reconnects before its next request."""
 
 
+class ServerError(RuntimeError):
+    """The server answered with an error (OpenPI's text frame, GR00T's {"error": ...}) or without actions."""
+
+
 class Channel(Protocol):
     """One robot's connection to a policy."""
 

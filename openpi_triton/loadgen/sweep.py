@@ -1,5 +1,5 @@
-"""Robot-fleet load generator: N simulated robots, each with its own websocket, against any OpenPI
-server, at one fleet size after another; results as JSON, a table and plots.
+"""Robot-fleet load generator: N simulated robots, each with its own websocket (or GR00T client socket),
+against any OpenPI (or GR00T) server, at one fleet size after another; results as JSON, a table and plots.
 
 The schedule (control rate, replanning, deadline) is defined in `openpi_triton.loadgen.schedule`.
 `openpi-triton bench` is the command-line front of `run_sweep`.
@@ -23,8 +23,23 @@ from openpi_triton.loadgen.websocket import WebsocketChannel, encode_observation
 
 async def run_point(label: str, url: str, frames: Sequence[bytes], robots: int, schedule: Schedule,
                     duration_s: float, warmup_s: float, api_key: str | None = None,
-                    progress: bool = True, seed: int = 0) -> PointResult:
-    """One fleet size against one websocket URL."""
+                    progress: bool = True, seed: int = 0, protocol: str = "openpi") -> PointResult:
+    """One fleet size against one server: websocket robots at a ws:// URL, or GR00T clients at a tcp:// one."""
+    if protocol == "gr00t":
+        import zmq.asyncio
+
+        from openpi_triton.loadgen.gr00t import Gr00tChannel
+
+        context = zmq.asyncio.Context()
+
+        async def open_gr00t(index: int) -> Gr00tChannel:
+            return Gr00tChannel(context, url, frames, index)
+
+        try:
+            return await drive_fleet(label, open_gr00t, robots, schedule, duration_s, warmup_s, seed, progress)
+        finally:
+            context.term()
+
     async def open_channel(index: int) -> WebsocketChannel:
         return await WebsocketChannel.open(url, frames, index, api_key)
 
@@ -43,14 +58,21 @@ class LoadgenConfig:
     label: str = "server"
     seed: int = 0
     progress: bool = True
+    protocol: str = "openpi"  # or "gr00t": GR00T clients (ZeroMQ) at a tcp:// URL
+    gr00t_generation: str = "n1.6"
 
 
 def run_sweep(config: LoadgenConfig) -> list[PointResult]:
     """Every fleet size in turn (each in a fresh event loop, like separate runs)."""
-    frames = encode_observations(config.format, seed=config.seed)
+    if config.protocol == "gr00t":
+        from openpi_triton.loadgen.gr00t import encode_requests
+
+        frames = encode_requests(config.format, config.gr00t_generation, seed=config.seed, api_token=config.api_key)
+    else:
+        frames = encode_observations(config.format, seed=config.seed)
     return [
         asyncio.run(run_point(config.label, config.url, frames, robots, config.schedule, config.duration_s,
-                              config.warmup_s, config.api_key, config.progress, config.seed))
+                              config.warmup_s, config.api_key, config.progress, config.seed, config.protocol))
         for robots in config.robots
     ]
 
@@ -62,7 +84,8 @@ def write_results(config: LoadgenConfig, points: list[PointResult], output: Path
 
     output.mkdir(parents=True, exist_ok=True)
     results = {
-        "url": config.url, "format": config.format, "schedule": config.schedule.describe(),
+        "url": config.url, "format": config.format, "protocol": config.protocol,
+        "schedule": config.schedule.describe(),
         "rate_hz": config.schedule.rate_hz, "replan_steps": config.schedule.replan_steps,
         "duration_s": config.duration_s, "warmup_s": config.warmup_s,
         "observation": describe(make_observations(config.format, 1, config.seed)[0]),

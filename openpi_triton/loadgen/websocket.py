@@ -7,19 +7,16 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from openpi_client import msgpack_numpy
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from openpi_triton.example_observations import make_observations
-from openpi_triton.loadgen.fleet import ChannelBroken
+from openpi_triton.loadgen.fleet import ChannelBroken, ServerError
 
 # Distinct observations per run: enough that no cache sees the same frame twice in a row.
 OBSERVATION_POOL = 8
-
-
-class ServerError(RuntimeError):
-    """The server answered with a text frame (OpenPI's error reply) or without actions."""
 
 
 class WebsocketChannel:
@@ -55,8 +52,8 @@ class WebsocketChannel:
         if isinstance(reply, str):
             raise ServerError(reply.strip().splitlines()[-1] if reply.strip() else "empty error frame")
         answer = msgpack_numpy.unpackb(reply)
-        if "actions" not in answer:
-            raise ServerError(f"answer without 'actions' (keys {sorted(answer)[:10]})")
+        if not any(isinstance(value, np.ndarray) for value in answer.values()):  # `actions`, or GR00T's `action.*`
+            raise ServerError(f"answer without actions (keys {sorted(answer)[:10]})")
         return answer.get("server_timing", {}).get("infer_ms")
 
     async def close(self) -> None:

@@ -8,20 +8,24 @@ response keys; Triton's own input metadata gives each input's dtype and shape:
     output_map       {"actions": "actions"}, or {"actions": {"output": "actions", "slice": [10, 7]}}
     seed_input       "seed"        (optional: the model input that receives the sampling seed)
     stateful         "true"        (optional: or the model has `sequence_batching` itself)
+    gr00t_modality_config  {...}   (optional: what a GR00T client is told; see `triton.modality`)
 
-A `slice` answers with the leading part of each axis of one example (here actions[:10, :7]): one
-policy core serves robots of different horizons and action dims, and taking a robot's part of its
-output is a view, cheaper than any model step. How observations become these inputs, and outputs
-responses, is the front's business (`openpi_triton.front.observations`).
+A `slice` answers with `slice[i]` entries of each axis i of one example, from `offset[i]` (0 unless an
+`offset` is given): {"output": "actions", "slice": [16, 1], "offset": [0, 5]} is actions[:16, 5:6].
+One policy core serves robots of different horizons and action dims, and several response keys
+(an arm and a gripper) can each take their part of one output; a cut is a view, cheaper than any
+model step. How observations become these inputs, and outputs responses, is the front's business
+(`openpi_triton.front.observations`).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from openpi_triton.triton.modality import ModalityConfig, modality_from_parameter
 from openpi_triton.triton.tensors import TRITON_DTYPES, triton_datatype
 
 
@@ -52,14 +56,24 @@ class Policy:
     seed_input: str | None
     stateful: bool
     batched: bool  # max_batch_size > 0: tensors carry a leading batch axis
-    # response key -> how many leading entries of each axis of one example the robot gets
+    # response key -> how many entries of each axis of one example the robot gets ...
     slices: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # ... and from where, one start per sliced axis (keys without an offset start at 0)
+    offsets: dict[str, tuple[int, ...]] = field(default_factory=dict)
     # Every model a call goes through: the policy's own and, for an ensemble, each step's.
     models: tuple[str, ...] = ()
+    max_batch_size: int = 0  # rows of one call (Triton's max_batch_size; 0: not batched)
+    modality: ModalityConfig | None = None  # for GR00T clients
 
     @property
     def required_keys(self) -> list[str]:
         return [spec.key for spec in self.inputs if not spec.optional]
+
+    def cut(self, key: str) -> tuple[slice, ...]:
+        """The index of response `key` in one example of its output: () when it takes the whole output."""
+        sizes = self.slices.get(key, ())
+        starts = self.offsets.get(key, (0,) * len(sizes))
+        return tuple(slice(start, start + size) for start, size in zip(starts, sizes, strict=True))
 
     def describe(self) -> dict[str, Any]:
         """The entry for GET /v1/policies."""
@@ -70,6 +84,7 @@ class Policy:
                             for spec in self.inputs},
             "outputs": list(self.outputs),
             "stateful": self.stateful,
+            "gr00t": self.modality is not None,
         }
 
 
@@ -122,26 +137,39 @@ def policy_from_config(config: Mapping[str, Any]) -> Policy:
     unfed = set(model_inputs) - fed
     if unfed:
         raise PolicyConfigError(f"model {name!r}: inputs {sorted(unfed)} are not in 'observation_map'")
-    outputs, slices = {}, {}
+    outputs, slices, offsets = {}, {}, {}
     for key, target in output_map.items():
         entry = {"output": target} if isinstance(target, str) else target
         if not isinstance(entry, dict) or not isinstance(entry.get("output"), str):
             raise PolicyConfigError(f"model {name!r}: 'output_map' entry {key!r} must be an output name or "
-                                    '{"output": name, "slice": [sizes]}')
+                                    '{"output": name, "slice": [sizes], "offset": [starts]}')
         outputs[key] = entry["output"]
+        if "offset" in entry and "slice" not in entry:
+            raise PolicyConfigError(f"model {name!r}: 'output_map' {key!r} has an 'offset' but no 'slice'")
         if "slice" in entry:
-            slices[key] = _slice(name, key, entry["slice"], model_outputs.get(entry["output"]))
+            dims = model_outputs.get(entry["output"])
+            slices[key] = _slice(name, key, entry["slice"], dims)
+            if "offset" in entry:
+                offsets[key] = _offset(name, key, entry["offset"], slices[key], dims)
     unknown = set(outputs.values()) - set(model_outputs)
     if unknown:
         raise PolicyConfigError(f"model {name!r}: 'output_map' names unknown outputs {sorted(unknown)}")
 
-    return Policy(
+    policy = Policy(
         name=name, metadata=metadata, inputs=tuple(inputs), outputs=outputs, seed_input=seed_input,
         stateful="sequence_batching" in config or params.get("stateful", "").lower() == "true",
-        batched=int(config.get("max_batch_size", 0)) > 0, slices=slices,
+        batched=int(config.get("max_batch_size", 0)) > 0, slices=slices, offsets=offsets,
         models=(name, *dict.fromkeys(step["model_name"] for step in
                                      config.get("ensemble_scheduling", {}).get("step", []))),
+        max_batch_size=int(config.get("max_batch_size", 0)),
     )
+    if "gr00t_modality_config" not in params:
+        return policy
+    try:
+        modality = modality_from_parameter(_json_parameter(params, "gr00t_modality_config", name, None), policy)
+    except ValueError as error:
+        raise PolicyConfigError(f"model {name!r}: 'gr00t_modality_config' {error}") from None
+    return replace(policy, modality=modality)
 
 
 def _slice(model: str, key: str, sizes: Any, dims: tuple[int, ...] | None) -> tuple[int, ...]:
@@ -156,3 +184,15 @@ def _slice(model: str, key: str, sizes: Any, dims: tuple[int, ...] | None) -> tu
             raise PolicyConfigError(f"model {model!r}: 'output_map' {key!r} slice {sizes} does not fit the "
                                     f"output's dims {list(dims)}")
     return tuple(sizes)
+
+
+def _offset(model: str, key: str, starts: Any, sizes: tuple[int, ...], dims: tuple[int, ...] | None) -> tuple[int, ...]:
+    """A validated `offset`: non-negative starts, one per sliced axis at most, the cut inside fixed dims."""
+    valid = isinstance(starts, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in starts)
+    if not valid or len(starts) > len(sizes):
+        raise PolicyConfigError(f"model {model!r}: 'output_map' {key!r} offset must be a list of at most "
+                                f"{len(sizes)} non-negative integers (one per slice axis), got {starts!r}")
+    if dims is not None and any(0 < d < start + size for start, size, d in zip(starts, sizes, dims, strict=False)):
+        raise PolicyConfigError(f"model {model!r}: 'output_map' {key!r} slice {list(sizes)} at offset {starts} "
+                                f"does not fit the output's dims {list(dims)}")
+    return (*starts, *[0] * (len(sizes) - len(starts)))
