@@ -38,8 +38,12 @@ def core_onnx_path(model_repository: Path) -> Path:
 class Settings:
     host: str = "0.0.0.0"
     port: int = 8000
-    # None: start the embedded tritonserver (CPU) on the ports below.
+    # None: start the embedded tritonserver (CPU) on the ports below. Else one or more host:port, comma-
+    # separated; a name stands for every address it resolves to (a Kubernetes headless Service).
     triton_url: str | None = None
+    # How often names in triton_url are resolved again (replicas come and go), and each replica checked.
+    triton_resolve_interval_s: float = 5.0
+    triton_check_interval_s: float = 1.0
     triton_grpc_port: int = TRITON_GRPC_PORT
     triton_metrics_port: int = TRITON_METRICS_PORT
     triton_http_port: int = TRITON_HTTP_PORT

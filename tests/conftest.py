@@ -1,10 +1,12 @@
-"""Shared fixtures: the exported reference policy and one real tritonserver for the session."""
+"""Shared fixtures: the exported reference policy and real tritonservers for the session."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,16 @@ def torch_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedT
         yield server
 
 
+@pytest.fixture(scope="session")
+def second_triton(triton: EmbeddedTriton) -> Iterator[EmbeddedTriton]:
+    """A second tritonserver on the same repositories: the other replica of the replica tests (which kill
+    it and start it again)."""
+    server = EmbeddedTriton(triton.model_repositories, http_port=free_port(), grpc_port=free_port(),
+                            metrics_port=free_port())
+    with server:
+        yield server
+
+
 @contextlib.contextmanager
 def running_front(settings: Settings) -> Iterator[str]:
     """The front under a real uvicorn in a background thread; yields its ws:// base URL."""
@@ -74,6 +86,15 @@ def running_front(settings: Settings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def http_get(url: str, path: str) -> tuple[int, str]:
+    """(status, body) of GET `path` on a front, given its ws:// or http:// base URL."""
+    try:
+        with urllib.request.urlopen(url.replace("ws://", "http://") + path, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
 
 
 def front_settings(triton: EmbeddedTriton, **overrides: object) -> Settings:

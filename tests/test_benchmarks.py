@@ -18,6 +18,7 @@ from benchmarks.mixed_fleet import table as mixed_table
 from benchmarks.perf_triton import Sweep, input_data
 from benchmarks.perf_triton import run as run_perf_analyzer
 from benchmarks.python_steps import measure as measure_python_steps
+from benchmarks.replicas import run as run_replicas
 from benchmarks.side_by_side import ROWS, SideBySideConfig, run
 from openpi_triton.cli import bench as bench_command
 from openpi_triton.example_observations import make_observations
@@ -55,6 +56,20 @@ def test_side_by_side_smoke_produces_every_row(triton, tmp_path: Path):
     assert {"one_robot_vs_core", "one_robot_vs_reference"} <= set(results["targets"])
     for name in ("table.md", "latency_cdf.png", "scaling.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+@pytest.mark.integration
+def test_replicas_benchmark_compares_one_and_two_replicas(triton, second_triton, tmp_path: Path):
+    results = run_replicas(MODEL_REPOSITORY, "libero", "libero", (2,), duration_s=1.0, warmup_s=0.3, ort_threads=0,
+                           output=tmp_path, progress=False, triton_urls=[triton.grpc_url, second_triton.grpc_url])
+    rows = results["rows"]
+    assert set(rows) == {"1 replica", "2 replicas"}
+    for row in rows.values():
+        [point] = row["points"]
+        assert point["errors"] == 0 and point["requests"] > 0, point["error_messages"]
+    [split] = rows["2 replicas"]["details"]
+    assert len(split["replica_share"]) == 2 and all(share > 0 for share in split["replica_share"].values())
+    assert "calls per replica" in (tmp_path / "table.md").read_text()
 
 
 @pytest.mark.integration

@@ -18,8 +18,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,11 @@ import pytest
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from websockets.exceptions import ConnectionClosed
 
-from openpi_triton.example_observations import droid, libero
 from openpi_triton.process import children, die_with_parent, free_port, group_members
 from openpi_triton.triton.embedded import python_stubs_of, shared_memory_regions_of
 
 from .conftest import MODEL_REPOSITORY, TEST_MODEL_REPOSITORY
+from .robots import counter_step, fleet, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -85,16 +85,6 @@ def stub_of(triton_pid: int, model: str) -> int:
     return stubs[0]
 
 
-def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout_s:.0f} s: {what}")
-
-
 def _repository(root: Path, model_onnx: Path) -> Path:
     """The shipped repository and the test models in one (tritonserver is started on one repository)."""
     repo = root / "repo"
@@ -129,72 +119,6 @@ def serving(root: Path, model_onnx: Path, *flags: str) -> Iterator[Served]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-
-
-# --- robots ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Robot:
-    """A robot loop on the stock openpi_client in a thread: what each frame got, in order."""
-
-    url: str
-    policy: str
-    observation: dict[str, Any]
-    events: list[tuple[float, str, str]] = field(default_factory=list)  # (time, "ok" | "error" | "closed", text)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def __post_init__(self) -> None:
-        self.client = WebsocketClientPolicy(host=f"ws://{self.url}/v1/realtime/robot/openpi/{self.policy}")
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        while not self.stop.is_set():
-            try:
-                answer = self.client.infer(self.observation)
-                finite = all(np.isfinite(v).all() for v in answer.values() if isinstance(v, np.ndarray))
-                self.events.append((time.monotonic(), "ok" if finite else "nonfinite", ""))
-            except RuntimeError as error:  # openpi_client's error text from the server
-                self.events.append((time.monotonic(), "error", str(error)))
-                time.sleep(0.05)
-            except ConnectionClosed as closed:
-                self.events.append((time.monotonic(), "closed", str(closed)))
-                return
-
-    def after(self, moment: float) -> list[tuple[float, str, str]]:
-        return [event for event in self.events if event[0] >= moment]
-
-    def served_since(self, moment: float) -> bool:
-        return any(kind == "ok" for _, kind, _ in self.after(moment))
-
-    def recovered_since(self, moment: float) -> bool:
-        """An error after `moment`, then an answer after that error."""
-        events = self.after(moment)
-        errors = [i for i, event in enumerate(events) if event[1] == "error"]
-        return bool(errors) and any(event[1] == "ok" for event in events[errors[0]:])
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(30)
-        self.client._ws.close()  # openpi_client has no close of its own
-
-
-@contextlib.contextmanager
-def fleet(url: str, spec: dict[str, int]) -> Iterator[list[Robot]]:
-    observations = {"libero": libero, "droid": droid}
-    robots = [Robot(url, policy, observations[policy](np.random.default_rng(i)))
-              for policy, count in spec.items() for i in range(count)]
-    try:
-        wait_for(lambda: all(robot.served_since(0) for robot in robots), 120, "every robot has actions")
-        yield robots
-    finally:
-        for robot in robots:
-            robot.close()
-
-
-def counter_step(client: WebsocketClientPolicy) -> int:
-    return int(client.infer({"inputs": {"x": np.zeros(1, np.float32)}})["step"][0])
 
 
 @pytest.fixture(scope="module")

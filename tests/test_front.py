@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
@@ -18,21 +16,13 @@ from websockets.sync.client import connect
 
 from openpi_triton.example_observations import libero
 
-from .conftest import front_settings, running_front, settled_statistics
+from .conftest import front_settings, http_get, running_front, settled_statistics
 
 pytestmark = pytest.mark.integration
 
 
 def client_for(url: str, path: str = "", api_key: str | None = None) -> WebsocketClientPolicy:
     return WebsocketClientPolicy(host=url + path, api_key=api_key)
-
-
-def http_get(url: str, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url.replace("ws://", "http://") + path, timeout=30) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
 
 
 def raw_connection(url: str, path: str = ""):
@@ -90,11 +80,21 @@ def test_shared_memory_regions_of_unanswered_requests_are_not_reused(triton):
             pool.release(answered)
             assert await pool.acquire(3 << 20) is None  # past the budget: the request goes inline
             # After a restart Triton holds no old request and no registration: retired regions return.
+            generation = pool.generation
             await client.unregister_system_shared_memory()
-            pool.forget_registrations()
+            pool.forget_registrations(generation)
             reused = {id(await pool.acquire(300_000)), id(await pool.acquire(300_000))}
             assert reused == {id(timed_out), id(answered)}
             assert timed_out.registered and answered.registered
+            # Another request that failed on the same restart must not forget the new registrations:
+            # registering a region twice fails ("already in manager").
+            pool.forget_registrations(generation)
+            assert timed_out.registered and answered.registered
+            # A request that failed on that restart but forgets later, after a region was registered with
+            # the new Triton: registering it again must not fail.
+            pool.release(timed_out)
+            pool.forget_registrations()
+            assert await pool.acquire(300_000) is timed_out and timed_out.registered
         finally:
             await pool.close()
             await client.close()

@@ -35,7 +35,7 @@ TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 FRONT, TRITON = "openpi-front", "openpi-triton"
 EXPECTED_OBJECTS = {
     ("Deployment", FRONT), ("Service", FRONT), ("HorizontalPodAutoscaler", FRONT), ("PodDisruptionBudget", FRONT),
-    ("Deployment", TRITON), ("Service", TRITON), ("NetworkPolicy", TRITON),
+    ("Deployment", TRITON), ("Service", TRITON), ("NetworkPolicy", TRITON), ("PodDisruptionBudget", TRITON),
 }
 COMMON_LABELS = {"app.kubernetes.io/part-of": "openpi-triton"}
 
@@ -284,6 +284,22 @@ def test_front_autoscaling_and_disruption_budget(overlay):
 
 
 # --- Triton ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_triton_replicas_survive_a_node_going_down(overlay):
+    """The front routes over every address of the headless Service: two replicas, preferably on two
+    nodes, and evictions that take one of them at a time."""
+    objects = render(overlay)
+    deployment = find(objects, "Deployment", TRITON)["spec"]
+    assert deployment["replicas"] >= 2
+    [term] = pod_spec(objects, TRITON)["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert selects(term["podAffinityTerm"]["labelSelector"]["matchLabels"], pod_labels(objects, TRITON))
+    pdb = find(objects, "PodDisruptionBudget", TRITON)["spec"]
+    assert pdb["maxUnavailable"] == 1 < deployment["replicas"]
+    assert selects(pdb["selector"]["matchLabels"], pod_labels(objects, TRITON))
+    assert not selects(pdb["selector"]["matchLabels"], pod_labels(objects, FRONT))
+
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_triton_probes_ports_and_shared_memory(overlay):

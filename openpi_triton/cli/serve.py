@@ -21,6 +21,7 @@ from openpi_triton.config import (
     read_api_keys,
 )
 from openpi_triton.process import port_is_free
+from openpi_triton.triton.addresses import AddressError, parse_targets
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,8 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Serve OpenPI policies from Triton to robots over websockets.")
     add_env_flag(p, "host", str, d.host, "address to listen on")
     add_env_flag(p, "port", int, d.port, "websocket/HTTP port")
-    add_env_flag(p, "triton-url", str, d.triton_url, "gRPC address of an existing Triton (host:8001); "
-                 "without it an embedded tritonserver runs --model-config-name")
+    add_env_flag(p, "triton-url", str, d.triton_url, "gRPC address of an existing Triton (host:8001), or "
+                 "several separated by commas; a name stands for every address it resolves to (a Kubernetes "
+                 "headless Service). Without it an embedded tritonserver runs --model-config-name")
+    add_env_flag(p, "triton-resolve-interval", float, d.triton_resolve_interval_s,
+                 "seconds between DNS lookups of the names in --triton-url (Triton replicas come and go)")
+    add_env_flag(p, "triton-check-interval", float, d.triton_check_interval_s,
+                 "seconds between readiness checks of each Triton replica")
     add_env_flag(p, "model-repository", Path, d.model_repository, "model repository for the embedded tritonserver")
     add_env_flag(p, "model-config-name", str, d.model_config_name, "config variant the embedded tritonserver loads "
                  f"(configs/<name>.pbtxt): {CPU_CONFIG_NAME} (ONNX Runtime on the CPU) or {GPU_TORCH_CONFIG_NAME} "
@@ -73,8 +79,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.api_key_file is not None and not args.api_key_file.is_file():
         raise CliError(f"API key file {args.api_key_file} does not exist")
+    if args.triton_url is not None:
+        try:
+            parse_targets(args.triton_url)
+        except AddressError as error:
+            raise CliError(f"--triton-url: {error}") from None
+    for flag, value in (("--triton-resolve-interval", args.triton_resolve_interval),
+                        ("--triton-check-interval", args.triton_check_interval)):
+        if not value > 0:
+            raise CliError(f"{flag} must be a positive number of seconds, got {value}")
     return Settings(
         host=args.host, port=args.port, triton_url=args.triton_url, triton_grpc_port=args.triton_grpc_port,
+        triton_resolve_interval_s=args.triton_resolve_interval, triton_check_interval_s=args.triton_check_interval,
         triton_http_port=args.triton_http_port, triton_metrics_port=args.triton_metrics_port,
         model_repository=args.model_repository, model_config_name=args.model_config_name,
         tritonserver=args.tritonserver,

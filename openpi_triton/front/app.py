@@ -25,9 +25,10 @@ from openpi_triton.front.auth import is_authorized
 from openpi_triton.front.drain import Drain, DrainingServer
 from openpi_triton.front.metrics import FrontMetrics
 from openpi_triton.front.session import RobotConnection
-from openpi_triton.triton.client import Backend, TritonBackend
+from openpi_triton.triton.client import Backend
 from openpi_triton.triton.health import Health
 from openpi_triton.triton.policy import Policy
+from openpi_triton.triton.replicas import ReplicaPool
 
 log = logging.getLogger("openpi_triton.front")
 
@@ -41,19 +42,26 @@ GRACEFUL_SHUTDOWN_S = 5.0
 
 def create_app(settings: Settings, backend: Backend | None = None,
                on_ready: Callable[[dict[str, Policy]], None] | None = None, health: Health | None = None) -> Starlette:
-    """The ASGI app. `on_ready` is called once with the policies found at start-up; `health` is shared with
-    the supervisor of an embedded tritonserver."""
+    """The ASGI app, on the Triton replicas of `settings.triton_url` unless a `backend` is given. `on_ready`
+    is called once with the policies found at start-up; `health` is shared with the supervisor of an
+    embedded tritonserver."""
+    pool = None
     if backend is None:
         if settings.triton_url is None:
             raise ValueError("the front needs a Triton URL (settings.triton_url) or a backend")
-        backend = TritonBackend(settings.triton_url, settings.triton_timeout_s, settings.triton_shared_memory,
-                                health=health)
-    metrics = FrontMetrics(getattr(backend, "health", health))
+        backend = pool = ReplicaPool(
+            settings.triton_url, settings.triton_timeout_s, settings.triton_shared_memory, health=health,
+            resolve_interval_s=settings.triton_resolve_interval_s, check_interval_s=settings.triton_check_interval_s)
+    metrics = FrontMetrics(getattr(backend, "health", health), pool)
+    if pool is not None:
+        pool.on_call = metrics.replica_call
     drain = Drain()
     open_connections = 0
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if pool is not None:
+            await pool.start()
         policies = await backend.discover(force=True)
         gr00t = None
         if settings.gr00t_port is not None:  # GR00T clients on the same backend, so batched with the robots here

@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from openpi_triton.triton.health import Health
+from openpi_triton.triton.replicas import ReplicaPool
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class FrontMetrics:
-    def __init__(self, health: Health | None = None) -> None:
+    def __init__(self, health: Health | None = None, replicas: ReplicaPool | None = None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "openpi_triton_requests", "Requests by policy, endpoint, outcome and protocol (openpi: websocket, "
@@ -20,8 +23,16 @@ class FrontMetrics:
         )
         self.latency = Histogram(
             "openpi_triton_request_seconds", "Time from a frame's arrival to its answer",
-            ["policy", "protocol"], registry=self.registry,
-            buckets=(0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0),
+            ["policy", "protocol"], registry=self.registry, buckets=LATENCY_BUCKETS,
+        )
+        self.replica_requests = Counter(
+            "openpi_triton_replica_requests", "Calls to each Triton replica by outcome (ok, or the error: "
+            "unreachable, timeout, unavailable, rejected, sequence_lost, cancelled, error)",
+            ["replica", "outcome"], registry=self.registry,
+        )
+        self.replica_latency = Histogram(
+            "openpi_triton_replica_request_seconds", "Time of each successful call to a Triton replica",
+            ["replica"], registry=self.registry, buckets=LATENCY_BUCKETS,
         )
         self.connections = Gauge(
             "openpi_triton_connections", "Open robot connections (gr00t: clients heard from within the idle "
@@ -37,6 +48,31 @@ class FrontMetrics:
         )
         if health is not None:
             self.registry.register(HealthCollector(health))
+        if replicas is not None:
+            self.registry.register(ReplicaCollector(replicas))
+
+    def replica_call(self, replica: str, outcome: str, seconds: float) -> None:
+        self.replica_requests.labels(replica, outcome).inc()
+        if outcome == "ok":
+            self.replica_latency.labels(replica).observe(seconds)
+
+
+class ReplicaCollector(Collector):
+    """Each current Triton replica's readiness and calls in flight, read from the pool at each scrape."""
+
+    def __init__(self, pool: ReplicaPool) -> None:
+        self.pool = pool
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily("openpi_triton_replica_up", "1 while a Triton replica is ready for calls",
+                               labels=["replica"])
+        in_flight = GaugeMetricFamily("openpi_triton_replica_in_flight_requests", "Calls in flight on each "
+                                      "Triton replica (what routing balances)", labels=["replica"])
+        for replica in self.pool.replicas():
+            up.add_metric([replica.address], float(replica.ready))
+            in_flight.add_metric([replica.address], replica.outstanding)
+        yield up
+        yield in_flight
 
 
 class HealthCollector(Collector):

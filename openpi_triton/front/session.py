@@ -177,13 +177,12 @@ class RobotConnection:
             outputs = await self.backend.infer(self.policy, tensors, request_id, sequence)
         except BackendUnavailable as error:
             raise Refused(str(error), "backend_unavailable") from None
-        except SequenceLost:
-            # The session goes on under its id with a fresh Triton sequence; the robot must know that the
-            # policy's memory of it is gone.
+        except SequenceLost as lost:
+            # The session goes on under its id with a fresh Triton sequence (on whichever replica takes it);
+            # the robot must know that the policy's memory of it is gone.
             self.session = self._new_session(self.session.id)
-            raise Refused(f"policy {self.policy.name!r} lost this session's state (the policy backend restarted "
-                          "or reloaded the policy); the session starts over with your next frame",
-                          "session_restarted") from None
+            raise Refused(f"policy {self.policy.name!r} lost this session's state ({lost}); the session starts "
+                          "over with your next frame", "session_restarted") from None
         except BackendRejected as error:
             raise Refused(f"policy {self.policy.name!r} failed on this observation: {error}", "backend_error") from None
         infer_ms = (time.monotonic() - infer_start) * 1000

@@ -1,6 +1,7 @@
-"""The front's one connection to Triton: policy discovery, readiness and inference over gRPC (asyncio).
+"""One Triton server as the front sees it: policy discovery, readiness and inference over gRPC (asyncio).
 
-`Backend` is what the front needs from it; `TritonBackend` is the real one.
+`Backend` is what the front needs from its policy backend; `TritonBackend` is one Triton server, and
+`replicas.ReplicaPool` routes over several of them.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ _CHANNEL_ARGS = [
     ("grpc.min_reconnect_backoff_ms", 250),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+# Readiness checks get a channel of their own (its own subchannels too): checks made while a Triton is down
+# put their channel into reconnect backoff, and on the calls' channel the first call after Triton is back
+# would then fail at once.
+_CHECK_CHANNEL_ARGS = [*_CHANNEL_ARGS, ("grpc.use_local_subchannel_pool", 1)]
 _UNAVAILABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED")
 _REDISCOVER_INTERVAL_S = 2.0
 _FORGOTTEN_REGION = "Unable to find shared memory region"  # what Triton says after a restart
@@ -49,7 +54,15 @@ def _no_answer(error: InferenceServerException) -> bool:
 
 
 class BackendUnavailable(RuntimeError):
-    """Triton cannot be reached, did not answer in time, or the policy's models are down."""
+    """Triton cannot be reached, did not answer in time, or the policy's models are down.
+
+    `unreachable`: the server did not take the call (connection refused or lost): it is down. `timed_out`:
+    no answer within the call's limit, and the request may still run there. Otherwise the policy's models
+    are down on that server and nothing ran."""
+
+    def __init__(self, message: str, unreachable: bool = False, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable, self.timed_out = unreachable, timed_out
 
 
 class BackendRejected(RuntimeError):
@@ -57,7 +70,7 @@ class BackendRejected(RuntimeError):
 
 
 class SequenceLost(BackendRejected):
-    """Triton no longer knows the sequence of a stateful session: the policy's state restarted."""
+    """A stateful session's Triton sequence is gone: the policy's state restarted. The message says why."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +112,7 @@ class TritonBackend:
         self.timeout_s = timeout_s
         self.shared_memory = shared_memory
         self._client: grpcclient.InferenceServerClient | None = None
+        self._check_client: grpcclient.InferenceServerClient | None = None
         self._pool: SharedMemoryPool | None = None
         self._policies: dict[str, Policy] = {}
         self.config_errors: dict[str, str] = {}
@@ -115,9 +129,10 @@ class TritonBackend:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        for client in (self._client, self._check_client):
+            if client is not None:
+                await client.close()
+        self._client = self._check_client = None
 
     @property
     def policies(self) -> dict[str, Policy]:
@@ -170,9 +185,10 @@ class TritonBackend:
                  if name in self._policies and (problem := self.problem(self._policies[name]))]
         if known:
             return False, "; ".join(known)
+        server = await self._server_problem(self.client, self.timeout_s)
+        if server is not None:
+            return False, server
         try:
-            if not await self.client.is_server_ready(client_timeout=self.timeout_s):
-                return False, f"Triton at {self.url} is not ready{await self._models_not_ready()}"
             await self.discover()
             problems = []
             for name in names:
@@ -184,6 +200,22 @@ class TritonBackend:
         except InferenceServerException as error:
             return False, f"Triton at {self.url} is unreachable: {error.message()}"
         return (False, "; ".join(problems)) if problems else (True, "ready")
+
+    async def check(self, timeout_s: float) -> str | None:
+        """Why this Triton cannot take calls now, or None: the background check of a replica, on a channel
+        of its own."""
+        if self._check_client is None:
+            self._check_client = grpcclient.InferenceServerClient(self.url, channel_args=_CHECK_CHANNEL_ARGS)
+        return await self._server_problem(self._check_client, timeout_s)
+
+    async def _server_problem(self, client: grpcclient.InferenceServerClient, timeout_s: float) -> str | None:
+        """Unreachable, or not ready (with --strict-readiness, until every model is), or None."""
+        try:
+            if await client.is_server_ready(client_timeout=timeout_s):
+                return None
+            return f"Triton at {self.url} is not ready{await self._models_not_ready()}"
+        except InferenceServerException as error:
+            return f"Triton at {self.url} is unreachable: {error.message()}"
 
     async def _models_not_ready(self) -> str:
         """Which models keep a not-ready Triton from being ready (it is only ready when all of them are)."""
@@ -202,12 +234,13 @@ class TritonBackend:
             problem = self.problem(policy)
             if problem is not None:
                 raise BackendUnavailable(f"policy backend unavailable (policy {policy.name!r}: {problem})")
+        generation = self._pool.generation if self._pool is not None else 0
         try:
             outputs = await self._infer(policy, tensors, request_id, sequence)
         except BackendRejected as error:
             if self._pool is None or _FORGOTTEN_REGION not in str(error):
                 raise
-            self._pool.forget_registrations()  # Triton restarted since the regions were registered
+            self._pool.forget_registrations(generation)  # Triton restarted since the regions were registered
             outputs = await self._infer(policy, tensors, request_id, sequence)
         self.health.call_succeeded(policy.models)
         return outputs
@@ -250,7 +283,9 @@ class TritonBackend:
         known about why), a lost sequence, or a rejection of this observation."""
         status, message = error.status() or "", error.message() or str(error)
         if _no_answer(error):
-            return BackendUnavailable(f"policy backend unavailable ({status or 'no answer'}): {message}")
+            timed_out = status == "StatusCode.DEADLINE_EXCEEDED" or "Deadline" in message
+            return BackendUnavailable(f"policy backend unavailable ({status or 'no answer'}): {message}",
+                                      unreachable=not timed_out, timed_out=timed_out)
         broken = unhealthy_stub_model(message)
         if broken is not None:
             self.health.call_failed(broken, "its python stub process is not healthy (it died)", issued)
@@ -259,7 +294,7 @@ class TritonBackend:
             detail = f"policy {policy.name!r}: {known}" if known else message
             return BackendUnavailable(f"policy backend unavailable ({detail})")
         if _SEQUENCE_UNKNOWN in message:
-            return SequenceLost(message)
+            return SequenceLost("the policy backend restarted or reloaded the policy")
         return BackendRejected(message)
 
     def _shared_memory_pool(self) -> SharedMemoryPool:

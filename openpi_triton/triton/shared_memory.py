@@ -18,7 +18,9 @@ from multiprocessing import shared_memory
 from typing import Any
 
 import numpy as np
+from tritonclient.utils import InferenceServerException
 
+_ALREADY_REGISTERED = "already in manager"  # Triton's answer to registering a region name it holds
 # Smaller tensors (state, prompt, seed) are cheaper inline than as a shared-memory reference.
 LARGE_TENSOR_BYTES = 64 * 1024
 MIN_REGION_BYTES = 1 << 20
@@ -58,6 +60,8 @@ class SharedMemoryPool:
         self._free: dict[int, list[Region]] = {}
         self._retired: list[Region] = []
         self._regions: list[Region] = []
+        # Counts forget_registrations: the requests that failed on one restart of Triton forget once.
+        self.generation = 0
 
     @property
     def held_bytes(self) -> int:
@@ -78,6 +82,13 @@ class SharedMemoryPool:
         if not region.registered:
             try:
                 await self._client.register_system_shared_memory(region.name, "/" + region.memory.name, size)
+            except InferenceServerException as error:
+                # Registered with this Triton already (a request that failed on its restart forgot every
+                # registration, this one's included, after it was made): the name is this pool's alone, so
+                # Triton holds this very region.
+                if _ALREADY_REGISTERED not in (error.message() or ""):
+                    self.release(region)
+                    raise
             except BaseException:
                 self.release(region)
                 raise
@@ -93,9 +104,16 @@ class SharedMemoryPool:
         read it, so it is not handed out again until Triton restarts."""
         self._retired.append(region)
 
-    def forget_registrations(self) -> None:
+    def forget_registrations(self, generation: int | None = None) -> None:
         """Triton restarted and forgot every region (and every request): register each again on its
-        next use; retired regions are safe to reuse."""
+        next use; retired regions are safe to reuse.
+
+        `generation`: the pool's generation when the failed request was made. When another request has
+        forgotten since, this one failed on the same restart: forgetting again would register regions
+        twice with the new Triton ("already in manager"), and reuse regions retired since."""
+        if generation is not None and generation != self.generation:
+            return
+        self.generation += 1
         for region in self._regions:
             region.registered = False
         for region in self._retired:
@@ -104,9 +122,10 @@ class SharedMemoryPool:
 
     async def close(self) -> None:
         for region in self._regions:
-            if region.registered:
-                with contextlib.suppress(Exception):  # Triton may already be gone
-                    await self._client.unregister_system_shared_memory(region.name)
+            # Unregistered whatever the flag says: a forget after a restart may have cleared it for a region
+            # that the new Triton holds.
+            with contextlib.suppress(Exception):  # Triton may already be gone, or not hold it
+                await self._client.unregister_system_shared_memory(region.name)
             region.memory.close()
             with contextlib.suppress(FileNotFoundError):
                 region.memory.unlink()
