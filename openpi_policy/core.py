@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ THREADS_ENV = "OPENPI_TRITON_ORT_THREADS"
 # Whether ONNX Runtime's idle workers spin-wait for the next run (its default) or sleep (ours): the core
 # shares its cores with the front and the python-backend preprocess, which spinning workers starve.
 SPINNING_ENV = "OPENPI_TRITON_ORT_SPINNING"
+# Whether batches with a row per thread are split into one-thread shards (see OnnxRuntimeCore).
+SPLIT_ENV = "OPENPI_TRITON_ORT_SPLIT"
 CORE_PARAMETER = "core"
 RUNTIMES = ("onnxruntime", "torch")
 PRECISIONS = ("float32", "float16", "bfloat16")
@@ -34,7 +37,14 @@ Core = Callable[[Mapping[str, np.ndarray]], np.ndarray]
 
 
 class OnnxRuntimeCore:
-    """`model.onnx` in an ONNX Runtime CPU session: core inputs (`spec.CORE_INPUTS`) -> actions."""
+    """`model.onnx` in ONNX Runtime CPU sessions: core inputs (`spec.CORE_INPUTS`) -> actions.
+
+    A batch with at least one row per thread is split into one shard per thread, each run by a
+    one-thread session of its own, all in parallel (ONNX Runtime releases the GIL). Threads sharing one
+    run meet at a barrier after every operator and wait for whichever one the OS descheduled, which on a
+    machine whose cores the front and the preprocess share is often; shards never wait for each other.
+    Smaller batches (a lone robot) run on every thread together, for the shortest latency. The shards
+    cost one more copy of the weights per thread; `OPENPI_TRITON_ORT_SPLIT=0` turns them off."""
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         import onnxruntime
@@ -42,18 +52,46 @@ class OnnxRuntimeCore:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: run `openpi-triton export` to create it")
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = int(os.environ.get(THREADS_ENV, "0")) if threads is None else threads
-        spinning = os.environ.get(SPINNING_ENV, "0")
-        if spinning not in ("0", "1"):
-            raise ValueError(f"{SPINNING_ENV} must be 0 or 1, got {spinning!r}")
-        options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        threads = int(os.environ.get(THREADS_ENV, "0")) if threads is None else threads
+        spinning = _switch(SPINNING_ENV, "0")
+        split = _switch(SPLIT_ENV, "1")
+
+        def session(intra_op_threads: int) -> Any:
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = intra_op_threads
+            options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+            return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+        self.session = session(threads)
         self.input_names = list(spec.CORE_INPUTS)
+        shards = (threads or len(os.sched_getaffinity(0))) if split == "1" else 1
+        self.shard_sessions = [session(1) for _ in range(shards)] if shards > 1 else []
+        self._shard_pool = ThreadPoolExecutor(shards, "onnxruntime-shard") if self.shard_sessions else None
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-        (actions,) = self.session.run(["actions"], {name: inputs[name] for name in self.input_names})
-        return actions
+        feeds = {name: inputs[name] for name in self.input_names}
+        rows = len(feeds[self.input_names[0]])
+        shards = len(self.shard_sessions)
+        if self._shard_pool is None or rows < shards:
+            return _run(self.session, feeds)
+        bounds = [rows * shard // shards for shard in range(shards + 1)]
+        parts = self._shard_pool.map(
+            lambda shard: _run(self.shard_sessions[shard],
+                               {name: value[bounds[shard]:bounds[shard + 1]] for name, value in feeds.items()}),
+            range(shards))
+        return np.concatenate(list(parts))
+
+
+def _run(session: Any, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+    (actions,) = session.run(["actions"], dict(feeds))
+    return actions
+
+
+def _switch(name: str, default: str) -> str:
+    value = os.environ.get(name, default)
+    if value not in ("0", "1"):
+        raise ValueError(f"{name} must be 0 or 1, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from openpi_policy import spec
-from openpi_policy.core import SPINNING_ENV, OnnxRuntimeCore
+from openpi_policy.core import SPINNING_ENV, SPLIT_ENV, OnnxRuntimeCore
 from openpi_policy.export import example_inputs, export_reference_policy
 
 # Operators of the exported graph that TensorRT 10's ONNX parser supports. Control flow
@@ -70,6 +70,26 @@ def test_a_bad_spinning_setting_is_named(model_onnx: Path, monkeypatch):
     monkeypatch.setenv(SPINNING_ENV, "yes")
     with pytest.raises(ValueError, match="OPENPI_TRITON_ORT_SPINNING must be 0 or 1, got 'yes'"):
         _session(model_onnx)
+
+
+@pytest.mark.parametrize(("threads", "rows"), [(2, 2), (2, 5), (3, 3), (3, 7), (3, 2)])
+def test_a_batch_split_over_threads_gets_the_whole_batch_answer(model_onnx: Path, monkeypatch, threads, rows):
+    monkeypatch.delenv(SPLIT_ENV, raising=False)
+    core = OnnxRuntimeCore(model_onnx, threads=threads)
+    assert len(core.shard_sessions) == threads
+    inputs = example_inputs(rows, seed=rows)
+    whole = core.session.run(["actions"], inputs)[0]
+    np.testing.assert_allclose(core(inputs), whole, rtol=0, atol=1e-6)
+
+
+def test_splitting_can_be_turned_off(model_onnx: Path, monkeypatch):
+    monkeypatch.setenv(SPLIT_ENV, "0")
+    core = OnnxRuntimeCore(model_onnx, threads=2)
+    assert core.shard_sessions == []
+    assert core(example_inputs(4)).shape == (4, *spec.CORE_OUTPUTS["actions"][1])
+    monkeypatch.setenv(SPLIT_ENV, "on")
+    with pytest.raises(ValueError, match="OPENPI_TRITON_ORT_SPLIT must be 0 or 1, got 'on'"):
+        OnnxRuntimeCore(model_onnx, threads=2)
 
 
 def _session(path: Path):
