@@ -8,7 +8,12 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 STAMPS := .stamps
 MODEL_ONNX := model_repository/policy_core/1/model.onnx
-EXTRAS := embedded,export,client,bench,gr00t,dev
+EXTRAS := embedded,export,lerobot,client,bench,gr00t,dev
+# Installed after the extras, without their declared dependencies: lerobot 0.4.4 (the newest for Python 3.11)
+# pins torch<2.11 and heavy extras (its needs are the 'lerobot' extra), and its gRPC stubs need protobuf>=6.31,
+# which tritonclient 2.51's metadata caps below 5 although its gRPC client works with it (the whole suite
+# runs on it). tritonclient stays at 2.51, the release of our tritonserver and perf_analyzer.
+LEROBOT_NODEPS := lerobot==0.4.4 'protobuf>=6.31,<7'
 # Debian packages the tests and benchmarks load: perf_analyzer (tritonclient[all] wheel) links libb64.
 SYSTEM_PACKAGES := libb64-0d
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -40,6 +45,7 @@ $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	$(BIN)/python -m pip install --quiet --no-deps $(LEROBOT_NODEPS)
 	touch $@
 
 system-deps: $(STAMPS)/system-deps
