@@ -126,7 +126,7 @@ def _parity_inputs(batch: int, seed: int) -> dict[str, np.ndarray]:
 def served_core(config: GpuFleetConfig) -> tuple[Any, float]:
     """The PyTorch core as the Triton instance builds it (configs/gpu_torch.pbtxt on `device`), and the
     seconds its build took (CUDA graph captures included)."""
-    from openpi_policy.core import core_settings
+    from openpi_policy.core_config import core_settings
     from openpi_policy.torch_core import build_torch_core
 
     core_config = _core_config(config)
@@ -140,7 +140,7 @@ def core_parity(config: GpuFleetConfig, core: Any) -> dict[str, Any]:
     batch size: the largest difference, and whether every action is within FP16_TOLERANCE."""
     import torch
 
-    from openpi_policy.core import core_settings
+    from openpi_policy.core_config import core_settings
     from openpi_policy.torch_core import FP16_TOLERANCE, TorchCore, build_network
 
     network = build_network(core_settings(_core_config(config)))
@@ -185,8 +185,9 @@ def triton_parity(config: GpuFleetConfig, triton_url: str) -> dict[str, Any]:
     from openpi_triton.example_observations import FORMATS, make_observations
     from openpi_triton.front.codec import flatten
     from openpi_triton.front.observations import observation_to_tensors
-    from openpi_triton.triton.repository import load_reference_pipeline, policy_from_repository
-    from openpi_triton.triton.tensors import infer_inputs
+    from openpi_triton.triton.grpc_tensors import infer_inputs
+    from openpi_triton.triton.reference import load_reference_pipeline
+    from openpi_triton.triton.repository import policy_from_repository
 
     formats = {}
     with grpcclient.InferenceServerClient(triton_url) as client:

@@ -21,7 +21,7 @@ import numpy as np
 from openpi_triton.config import DEFAULT_MODEL_REPOSITORY, DEFAULT_POLICY, Settings
 from openpi_triton.front.app import create_app
 from openpi_triton.front.app import serve as run_app
-from openpi_triton.triton.client import SequenceFlags
+from openpi_triton.triton.backend import SequenceFlags
 from openpi_triton.triton.policy import Policy
 from openpi_triton.triton.repository import policy_from_repository, read_model_config
 from openpi_triton.triton.tensors import TRITON_DTYPES, triton_datatype

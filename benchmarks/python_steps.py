@@ -31,9 +31,9 @@ from openpi_triton.front.codec import flatten
 from openpi_triton.front.observations import observation_to_tensors, unbatch
 from openpi_triton.process import free_port
 from openpi_triton.triton.embedded import EmbeddedTriton
+from openpi_triton.triton.grpc_tensors import infer_inputs
 from openpi_triton.triton.policy import Policy
 from openpi_triton.triton.repository import policy_from_repository
-from openpi_triton.triton.tensors import infer_inputs
 
 # The extra step: what a python postprocess that only slices costs (its own process round trip).
 SLICE_MODEL = '''

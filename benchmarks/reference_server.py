@@ -20,7 +20,8 @@ from openpi_client.base_policy import BasePolicy
 from openpi_triton.config import CPU_CONFIG_NAME, DEFAULT_MODEL_REPOSITORY, DEFAULT_POLICY
 from openpi_triton.front.codec import flatten
 from openpi_triton.front.observations import observation_to_tensors, unbatch
-from openpi_triton.triton.repository import load_reference_pipeline, policy_from_repository
+from openpi_triton.triton.reference import load_reference_pipeline
+from openpi_triton.triton.repository import policy_from_repository
 
 
 class ReferencePolicy(BasePolicy):

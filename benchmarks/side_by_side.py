@@ -32,7 +32,8 @@ from benchmarks.cpu import tree_cpu_seconds
 from benchmarks.front_overhead import paired_one_robot
 from benchmarks.report import markdown, targets
 from benchmarks.triton_stats import TritonStats, delta
-from openpi_policy.core import Core, core_settings, load_core
+from openpi_policy.core import Core, load_core
+from openpi_policy.core_config import core_settings
 from openpi_triton.config import CPU_CONFIG_NAME, DEFAULT_MODEL_REPOSITORY, DEFAULT_POLICY, core_onnx_path
 from openpi_triton.example_observations import describe, make_observations
 from openpi_triton.loadgen.fleet import drive_fleet

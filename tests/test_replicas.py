@@ -24,7 +24,7 @@ from openpi_triton.config import Settings
 from openpi_triton.front.observations import observation_to_tensors
 from openpi_triton.process import free_port
 from openpi_triton.triton.addresses import AddressError, Target, parse_targets, resolve
-from openpi_triton.triton.client import BackendUnavailable, SequenceFlags, SequenceLost
+from openpi_triton.triton.backend import BackendUnavailable, SequenceFlags, SequenceLost
 from openpi_triton.triton.embedded import EmbeddedTriton
 from openpi_triton.triton.replicas import ReplicaPool
 

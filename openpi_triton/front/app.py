@@ -25,7 +25,7 @@ from openpi_triton.front.auth import is_authorized
 from openpi_triton.front.drain import Drain, DrainingServer
 from openpi_triton.front.metrics import FrontMetrics
 from openpi_triton.front.session import RobotConnection
-from openpi_triton.triton.client import Backend
+from openpi_triton.triton.backend import Backend
 from openpi_triton.triton.health import Health
 from openpi_triton.triton.policy import Policy
 from openpi_triton.triton.replicas import ReplicaPool

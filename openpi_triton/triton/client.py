@@ -1,7 +1,7 @@
 """One Triton server as the front sees it: policy discovery, readiness and inference over gRPC (asyncio).
 
-`Backend` is what the front needs from its policy backend; `TritonBackend` is one Triton server, and
-`replicas.ReplicaPool` routes over several of them.
+`TritonBackend` implements `backend.Backend` for one Triton server, and `replicas.ReplicaPool` routes over
+several of them.
 """
 
 from __future__ import annotations
@@ -11,17 +11,16 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from openpi_triton.triton.backend import BackendRejected, BackendUnavailable, SequenceFlags, SequenceLost
+from openpi_triton.triton.grpc_tensors import infer_input
 from openpi_triton.triton.health import Health, unhealthy_stub_model
 from openpi_triton.triton.policy import Policy, PolicyConfigError, is_policy, policy_from_config
 from openpi_triton.triton.shared_memory import SharedMemoryPool, large_tensors
-from openpi_triton.triton.tensors import infer_input
 
 log = logging.getLogger("openpi_triton.backend")
 
@@ -51,55 +50,6 @@ _SEQUENCE_UNKNOWN = "must specify the START flag"
 
 def _no_answer(error: InferenceServerException) -> bool:
     return (error.status() or "") in _UNAVAILABLE or "Deadline" in (error.message() or "")
-
-
-class BackendUnavailable(RuntimeError):
-    """Triton cannot be reached, did not answer in time, or the policy's models are down.
-
-    `unreachable`: the server did not take the call (connection refused or lost): it is down. `timed_out`:
-    no answer within the call's limit, and the request may still run there. Otherwise the policy's models
-    are down on that server and nothing ran."""
-
-    def __init__(self, message: str, unreachable: bool = False, timed_out: bool = False) -> None:
-        super().__init__(message)
-        self.unreachable, self.timed_out = unreachable, timed_out
-
-
-class BackendRejected(RuntimeError):
-    """Triton answered with an error for this request (bad tensor, model failure)."""
-
-
-class SequenceLost(BackendRejected):
-    """A stateful session's Triton sequence is gone: the policy's state restarted. The message says why."""
-
-
-@dataclass(frozen=True)
-class SequenceFlags:
-    """Triton sequence flags for one call of a stateful policy."""
-
-    id: int
-    start: bool = False
-    end: bool = False
-
-
-class Backend(Protocol):
-    """What the front asks of the policy backend."""
-
-    @property
-    def policies(self) -> dict[str, Policy]: ...
-
-    config_errors: dict[str, str]
-
-    async def discover(self, force: bool = False) -> dict[str, Policy]: ...
-
-    async def policy(self, name: str) -> Policy | None: ...
-
-    async def readiness(self, names: list[str]) -> tuple[bool, str]: ...
-
-    async def infer(self, policy: Policy, tensors: Mapping[str, np.ndarray], request_id: str,
-                    sequence: SequenceFlags | None = None) -> dict[str, np.ndarray]: ...
-
-    async def close(self) -> None: ...
 
 
 class TritonBackend:

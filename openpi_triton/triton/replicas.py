@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from openpi_triton.triton.addresses import Target, parse_targets, resolve
-from openpi_triton.triton.client import BackendRejected, BackendUnavailable, SequenceFlags, SequenceLost, TritonBackend
+from openpi_triton.triton.backend import BackendRejected, BackendUnavailable, ReplicaStatus, SequenceFlags, SequenceLost
+from openpi_triton.triton.client import TritonBackend
 from openpi_triton.triton.health import Health
 from openpi_triton.triton.policy import Policy
 
@@ -68,14 +69,6 @@ class Replica:
 
     def serves(self, policy: Policy) -> bool:
         return policy.name in self.backend.policies
-
-
-@dataclass(frozen=True)
-class ReplicaStatus:
-    address: str
-    ready: bool
-    outstanding: int
-    problem: str
 
 
 class ReplicaPool:

@@ -30,14 +30,13 @@ from zmq.utils.monitor import parse_monitor_message
 
 from openpi_triton.config import Settings
 from openpi_triton.front.auth import key_matches
-from openpi_triton.front.codec import ProtocolError
+from openpi_triton.front.codec import ProtocolError, Refused
 from openpi_triton.front.drain import Drain
 from openpi_triton.front.gr00t.codec import decode_request, decode_value, encode_reply, modality_config_reply
 from openpi_triton.front.gr00t.requests import action_reply, parse_get_action
 from openpi_triton.front.metrics import FrontMetrics
 from openpi_triton.front.observations import nonfinite_answer, observation_to_tensors, rows_response
-from openpi_triton.front.session import Refused
-from openpi_triton.triton.client import Backend, BackendRejected, BackendUnavailable
+from openpi_triton.triton.backend import Backend, BackendRejected, BackendUnavailable
 from openpi_triton.triton.policy import Policy
 
 log = logging.getLogger("openpi_triton.front")
