@@ -17,7 +17,7 @@ from typing import Any
 
 from benchmarks import servers
 from benchmarks.triton_stats import TritonStats, delta
-from openpi_triton.config import DEFAULT_MODEL_REPOSITORY
+from openpi_triton.config import DEFAULT_MODEL_REPOSITORY, GR00T_N16
 from openpi_triton.loadgen.gr00t import encode_requests
 from openpi_triton.loadgen.machine import machine_info
 from openpi_triton.loadgen.schedule import Schedule, parse_robot_counts
@@ -59,7 +59,7 @@ def _row(point: PointResult) -> str:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     gr00t_port = free_port()
-    frames = {"gr00t": encode_requests(GR00T_POLICY, "n1.6", seed=args.seed),
+    frames = {"gr00t": encode_requests(GR00T_POLICY, GR00T_N16, seed=args.seed),
               "openpi": encode_observations(OPENPI_POLICY, seed=args.seed)}
     points: list[dict[str, Any]] = []
     with servers.triton(args.triton_url, args.model_repository) as (triton_url, _), \

@@ -16,6 +16,7 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from openpi_triton.config import REDISCOVER_INTERVAL_S, SHARED_MEMORY_BUDGET_BYTES, TRITON_TIMEOUT_S
 from openpi_triton.triton.backend import BackendRejected, BackendUnavailable, SequenceFlags, SequenceLost
 from openpi_triton.triton.grpc_tensors import infer_input
 from openpi_triton.triton.health import Health, unhealthy_stub_model
@@ -38,7 +39,6 @@ _CHANNEL_ARGS = [
 # would then fail at once.
 _CHECK_CHANNEL_ARGS = [*_CHANNEL_ARGS, ("grpc.use_local_subchannel_pool", 1)]
 _UNAVAILABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED")
-_REDISCOVER_INTERVAL_S = 2.0
 _FORGOTTEN_REGION = "Unable to find shared memory region"  # what Triton says after a restart
 # What Triton answers while a model is being loaded, or the server is starting and has not loaded it yet:
 # the model exists (the front discovered it), so these are outages, not the robot's fault.
@@ -55,7 +55,7 @@ def _no_answer(error: InferenceServerException) -> bool:
 class TritonBackend:
     """`shared_memory`: pass camera frames to Triton through system shared memory (same host only)."""
 
-    def __init__(self, url: str, timeout_s: float = 10.0, shared_memory: bool = False,
+    def __init__(self, url: str, timeout_s: float = TRITON_TIMEOUT_S, shared_memory: bool = False,
                  health: Health | None = None) -> None:
         self.url = url
         self.health = health if health is not None else Health()
@@ -91,7 +91,7 @@ class TritonBackend:
     async def discover(self, force: bool = False) -> dict[str, Policy]:
         """(Re)read the policies from Triton's ready models; rate-limited unless forced."""
         async with self._lock:
-            if not force and time.monotonic() - self._discovered_at < _REDISCOVER_INTERVAL_S:
+            if not force and time.monotonic() - self._discovered_at < REDISCOVER_INTERVAL_S:
                 return self.policies
             self._discovered_at = time.monotonic()
             try:
@@ -249,6 +249,6 @@ class TritonBackend:
 
     def _shared_memory_pool(self) -> SharedMemoryPool:
         if self._pool is None:
-            self._pool = SharedMemoryPool(self.client)
+            self._pool = SharedMemoryPool(self.client, SHARED_MEMORY_BUDGET_BYTES)
         return self._pool
 
