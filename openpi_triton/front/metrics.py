@@ -46,6 +46,7 @@ class FrontMetrics:
             "client refused for the connection limit)", ["reason"],
             registry=self.registry,
         )
+        self._replica_outcomes: dict[str, set[str]] = {}  # the labels of each replica's series
         if health is not None:
             self.registry.register(HealthCollector(health))
         if replicas is not None:
@@ -53,8 +54,16 @@ class FrontMetrics:
 
     def replica_call(self, replica: str, outcome: str, seconds: float) -> None:
         self.replica_requests.labels(replica, outcome).inc()
+        self._replica_outcomes.setdefault(replica, set()).add(outcome)
         if outcome == "ok":
             self.replica_latency.labels(replica).observe(seconds)
+
+    def forget_replica(self, replica: str) -> None:
+        """A replica left the pool for good: its series go (pod churn must not grow the label sets forever)."""
+        for outcome in self._replica_outcomes.pop(replica, ()):
+            self.replica_requests.remove(replica, outcome)
+            if outcome == "ok":
+                self.replica_latency.remove(replica)
 
 
 class ReplicaCollector(Collector):
