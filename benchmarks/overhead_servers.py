@@ -15,8 +15,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from benchmarks.arguments import add_flags
 from benchmarks.instant_backend import InstantBackend
-from openpi_triton.config import DEFAULT_MODEL_REPOSITORY, DEFAULT_POLICY, Settings
+from openpi_triton.config import DEFAULT_POLICY, Settings
 from openpi_triton.front.app import create_app
 from openpi_triton.front.app import serve as run_app
 
@@ -77,8 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("layer", choices=LAYERS)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--frame-bytes", type=int, required=True, help="size of the robot's frames (tcp layer)")
-    parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
-    parser.add_argument("--policy", default=DEFAULT_POLICY)
+    add_flags(parser, "model-repository", "policy", policy=DEFAULT_POLICY)
     args = parser.parse_args(argv)
     serve(args.layer, args.port, args.model_repository, args.policy, args.frame_bytes)
 

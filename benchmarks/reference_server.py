@@ -17,7 +17,8 @@ from typing import Any
 
 from openpi_client.base_policy import BasePolicy
 
-from openpi_triton.config import CPU_CONFIG_NAME, DEFAULT_MODEL_REPOSITORY, DEFAULT_POLICY, FRONT_PORT
+from benchmarks.arguments import add_flags
+from openpi_triton.config import CPU_CONFIG_NAME, DEFAULT_POLICY, FRONT_PORT
 from openpi_triton.front.codec import flatten
 from openpi_triton.front.observations import observation_to_tensors, unbatch
 from openpi_triton.triton.reference import load_reference_pipeline
@@ -49,8 +50,7 @@ class ReferencePolicy(BasePolicy):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
-    parser.add_argument("--policy", default=DEFAULT_POLICY)
+    add_flags(parser, "model-repository", "policy", policy=DEFAULT_POLICY)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=FRONT_PORT)
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: one per core)")
