@@ -106,3 +106,27 @@ def test_readiness_is_refreshed_in_the_background():
         flipping.ready = True
         client.portal.call(app.state.readiness.refresh)  # what the background task does every second
         assert client.get("/readyz").status_code == 200
+
+
+def test_readiness_and_discovery_never_touch_the_inference_channel():
+    """Calls to a Triton that is down put their channel into reconnect backoff: made every second by the
+    readiness refresher on the inference channel, they would fail the first inference after a restart."""
+    from openpi_triton.process import free_port
+    from openpi_triton.triton.client import TritonBackend
+
+    class InferenceChannel:
+        def __getattr__(self, name: str):
+            raise AssertionError(f"{name} called on the inference channel")
+
+    async def scenario() -> tuple[bool, str]:
+        backend = TritonBackend(f"127.0.0.1:{free_port()}", timeout_s=5.0)  # nothing listens
+        backend._client = InferenceChannel()
+        try:
+            await backend.discover(force=True)
+            return await backend.readiness(["libero"])
+        finally:
+            backend._client = None
+            await backend.close()
+
+    ready, reason = asyncio.run(scenario())
+    assert not ready and "is unreachable" in reason

@@ -34,9 +34,9 @@ _CHANNEL_ARGS = [
     ("grpc.min_reconnect_backoff_ms", 250),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
-# Readiness checks get a channel of their own (its own subchannels too): checks made while a Triton is down
-# put their channel into reconnect backoff, and on the calls' channel the first call after Triton is back
-# would then fail at once.
+# Checks, readiness and discovery get a channel of their own (its own subchannels too): calls made while a
+# Triton is down put their channel into reconnect backoff, and on the inference channel the first call after
+# Triton is back would then fail at once. /readyz's background refresher makes such calls every second.
 _CHECK_CHANNEL_ARGS = [*_CHANNEL_ARGS, ("grpc.use_local_subchannel_pool", 1)]
 _UNAVAILABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED")
 _FORGOTTEN_REGION = "Unable to find shared memory region"  # what Triton says after a restart
@@ -75,6 +75,15 @@ class TritonBackend:
             self._client = grpcclient.InferenceServerClient(self.url, channel_args=_CHANNEL_ARGS)
         return self._client
 
+    @property
+    def check_client(self) -> grpcclient.InferenceServerClient:
+        """The channel of every call but inference (checks, readiness, discovery): calls made while a Triton
+        is down put their channel into reconnect backoff, and the first inference after Triton is back must
+        not fail for it."""
+        if self._check_client is None:
+            self._check_client = grpcclient.InferenceServerClient(self.url, channel_args=_CHECK_CHANNEL_ARGS)
+        return self._check_client
+
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()
@@ -95,12 +104,13 @@ class TritonBackend:
                 return self.policies
             self._discovered_at = time.monotonic()
             try:
-                index = await self.client.get_model_repository_index(as_json=True, client_timeout=self.timeout_s)
+                index = await self.check_client.get_model_repository_index(
+                    as_json=True, client_timeout=self.timeout_s)
                 found, errors = {}, {}
                 for model in index.get("models", []):
                     if model.get("state") != "READY":
                         continue
-                    config = (await self.client.get_model_config(
+                    config = (await self.check_client.get_model_config(
                         model["name"], as_json=True, client_timeout=self.timeout_s))["config"]
                     if not is_policy(config):
                         continue
@@ -135,7 +145,7 @@ class TritonBackend:
                  if name in self._policies and (problem := self.problem(self._policies[name]))]
         if known:
             return False, "; ".join(known)
-        server = await self._server_problem(self.client, self.timeout_s)
+        server = await self._server_problem(self.check_client, self.timeout_s)
         if server is not None:
             return False, server
         try:
@@ -145,7 +155,7 @@ class TritonBackend:
                 if name not in self._policies:
                     reason = self.config_errors.get(name, "no such model with a policy_server_config parameter")
                     problems.append(f"policy {name!r} is not available: {reason}")
-                elif not await self.client.is_model_ready(name, client_timeout=self.timeout_s):
+                elif not await self.check_client.is_model_ready(name, client_timeout=self.timeout_s):
                     problems.append(f"policy {name!r}: model not ready in Triton")
         except InferenceServerException as error:
             return False, f"Triton at {self.url} is unreachable: {error.message()}"
@@ -154,9 +164,7 @@ class TritonBackend:
     async def check(self, timeout_s: float) -> str | None:
         """Why this Triton cannot take calls now, or None: the background check of a replica, on a channel
         of its own."""
-        if self._check_client is None:
-            self._check_client = grpcclient.InferenceServerClient(self.url, channel_args=_CHECK_CHANNEL_ARGS)
-        return await self._server_problem(self._check_client, timeout_s)
+        return await self._server_problem(self.check_client, timeout_s)
 
     async def _server_problem(self, client: grpcclient.InferenceServerClient, timeout_s: float) -> str | None:
         """Unreachable, or not ready (with --strict-readiness, until every model is), or None."""
@@ -170,7 +178,7 @@ class TritonBackend:
     async def _models_not_ready(self) -> str:
         """Which models keep a not-ready Triton from being ready (it is only ready when all of them are)."""
         with contextlib.suppress(InferenceServerException):
-            index = await self.client.get_model_repository_index(as_json=True, client_timeout=self.timeout_s)
+            index = await self.check_client.get_model_repository_index(as_json=True, client_timeout=self.timeout_s)
             waiting = [f"{m['name']} ({m.get('state', 'UNKNOWN')})" for m in index.get("models", [])
                        if m.get("state") != "READY"]
             if waiting:
