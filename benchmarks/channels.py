@@ -16,8 +16,8 @@ from benchmarks.observations import ensemble_inputs, policy_from_triton
 from openpi_policy.core import Core
 from openpi_triton.loadgen.fleet import Channel, OpenChannel
 from openpi_triton.loadgen.websocket import WebsocketChannel
+from openpi_triton.triton.grpc_tensors import infer_inputs
 from openpi_triton.triton.policy import Policy
-from openpi_triton.triton.tensors import infer_inputs
 
 # Opens the robots' shared resources (a gRPC client, a thread pool) for one point, in its event loop.
 OpenChannelFactory = Callable[[], contextlib.AbstractAsyncContextManager[OpenChannel]]

@@ -1,5 +1,5 @@
 """Fault injection against `openpi-triton serve` (embedded tritonserver, the shipped policies), with
-robots on the stock openpi_client, for the figures in the reliability notes:
+robots on the stock openpi_client (the tests' robots, tests/robots.py), for the figures in the reliability notes:
 
   kill tritonserver   SIGKILL under load: time until every robot has actions again, websockets lost,
                       processes and /dev/shm regions of the dead server left after it
@@ -20,9 +20,7 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -33,32 +31,25 @@ from typing import Any
 import msgpack
 import numpy as np
 from openpi_client import msgpack_numpy
-from openpi_client.websocket_client_policy import WebsocketClientPolicy
-from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from openpi_triton.config import DEFAULT_MODEL_REPOSITORY
-from openpi_triton.example_observations import aloha, droid, libero
-from openpi_triton.process import children, die_with_parent, free_port, group_members
+from benchmarks.arguments import add_flags
+from openpi_triton.example_observations import libero
+from openpi_triton.process import Child, children, free_port, group_members
 from openpi_triton.triton.embedded import python_stubs_of, shared_memory_regions_of
-
-OBSERVATIONS = {"libero": libero, "droid": droid, "aloha": aloha}
+from tests.robots import Robot, robot, wait_for
 
 
 class Server:
+    """`openpi-triton serve` as a child process (`process.Child`), ready when its /readyz answers 200."""
+
     def __init__(self, model_repository: Path, *flags: str) -> None:
         self.port = free_port()
-        self.log = Path(tempfile.mkstemp(prefix="faults-serve-", suffix=".log")[1])
         command = [sys.executable, "-m", "openpi_triton", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                    "--model-repository", str(model_repository), "--triton-grpc-port", str(free_port()),
                    "--triton-http-port", str(free_port()), "--triton-metrics-port", str(free_port()), *flags]
-        with open(self.log, "wb") as output:
-            self.process = subprocess.Popen(die_with_parent(command), stdout=output, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 180
-        while self.http("/readyz")[0] != 200:
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError(f"serve did not become ready; see {self.log}")
-            time.sleep(0.2)
+        self.child = Child.start("faults-serve", command)
+        self.child.wait_ready(f"http://127.0.0.1:{self.port}/readyz", 180)
 
     def http(self, path: str) -> tuple[int, str]:
         try:
@@ -70,78 +61,45 @@ class Server:
             return 0, str(error)
 
     def tritonserver(self) -> int:
-        found = children(self.process.pid, "tritonserver")
+        found = children(self.child.pid, "tritonserver")
         if not found:
             raise RuntimeError("no tritonserver")
         return found[0]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(120)
+        self.child.stop(120)
 
 
-class Robot(threading.Thread):
-    """A closed-loop robot: records (sent, answered, outcome) per frame."""
+def first_ok_after(robot: Robot, moment: float) -> float | None:
+    return next((answered for sent, answered, kind in robot.frames() if sent >= moment and kind == "ok"), None)
 
-    def __init__(self, port: int, policy: str, seed: int) -> None:
-        super().__init__(daemon=True)
-        self.policy = policy
-        self.client = WebsocketClientPolicy(host=f"ws://127.0.0.1:{port}/v1/realtime/robot/openpi/{policy}")
-        self.observation = OBSERVATIONS[policy](np.random.default_rng(seed))
-        self.frames: list[tuple[float, float, str]] = []
-        self.halt = threading.Event()
-        self.start()
 
-    def run(self) -> None:
-        while not self.halt.is_set():
-            sent = time.monotonic()
-            try:
-                answer = self.client.infer(self.observation)
-                finite = np.isfinite(answer["actions"]).all()
-                self.frames.append((sent, time.monotonic(), "ok" if finite else "nonfinite"))
-            except RuntimeError:
-                self.frames.append((sent, time.monotonic(), "error"))
-                time.sleep(0.05)  # a robot that backs off a little on errors
-            except ConnectionClosed as closed:
-                code = closed.rcvd.code if closed.rcvd else "without a close frame"
-                self.frames.append((sent, time.monotonic(), f"closed {code}"))
-                return
-
-    def first_ok_after(self, moment: float) -> float | None:
-        return next((answered for sent, answered, kind in self.frames if sent >= moment and kind == "ok"), None)
-
-    def outcomes_after(self, moment: float) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for sent, _, kind in self.frames:
-            if sent >= moment:
-                counts[kind] = counts.get(kind, 0) + 1
-        return counts
+def outcomes_after(robot: Robot, moment: float) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for sent, _, kind in robot.frames():
+        if sent >= moment:
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
 
 
 def start_fleet(port: int, robots: int) -> list[Robot]:
+    """Closed-loop robots on the stock openpi_client (the tests' robots), the policies in turn."""
     policies = ["libero", "droid", "aloha"]
-    fleet = [Robot(port, policies[i % 3], i) for i in range(robots)]
-    deadline = time.monotonic() + 120
-    while not all(robot.first_ok_after(0) for robot in fleet):
-        if time.monotonic() > deadline:
-            raise RuntimeError("robots got no actions")
-        time.sleep(0.1)
+    fleet = [robot(f"127.0.0.1:{port}", policies[i % 3], i) for i in range(robots)]
+    wait_for(lambda: all(r.served_since(0) for r in fleet), 120, "every robot has actions")
     time.sleep(2)  # steady state
     return fleet
 
 
 def stop_fleet(fleet: list[Robot]) -> None:
-    for robot in fleet:
-        robot.halt.set()
-    for robot in fleet:
-        robot.join(30)
+    for one in fleet:
+        one.close()
 
 
 def recovery(fleet: list[Robot], moment: float, timeout_s: float = 180) -> float | None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        firsts = [robot.first_ok_after(moment) for robot in fleet]
+        firsts = [first_ok_after(robot, moment) for robot in fleet]
         if all(firsts):
             return max(firsts) - moment
         time.sleep(0.05)
@@ -158,12 +116,11 @@ def kill_tritonserver(server: Server, robots: int) -> dict[str, Any]:
     time.sleep(1)
     stop_fleet(fleet)
     outcomes: dict[str, int] = {}
-    for robot in fleet:
-        for kind, count in robot.outcomes_after(killed).items():
+    for one in fleet:
+        for kind, count in outcomes_after(one, killed).items():
             outcomes[kind] = outcomes.get(kind, 0) + count
     return {"robots": robots, "seconds_to_every_robot_served": recovered, "frames_after_kill": outcomes,
-            "websockets_lost": sum(1 for robot in fleet
-                                   if any(kind.startswith("closed") for kind in robot.outcomes_after(killed))),
+            "websockets_lost": sum(1 for one in fleet if "closed" in outcomes_after(one, killed)),
             "processes_of_dead_server_left": len(group_members(old)),
             "shm_regions_of_dead_server_left": sum(region.exists() for region in regions)}
 
@@ -185,16 +142,16 @@ def kill_stub(server: Server, robots: int, model: str = "libero_preprocess") -> 
     poller.start()
     killed = time.monotonic()
     os.kill(stub, signal.SIGKILL)
-    affected = [robot for robot in fleet if robot.policy == "libero"]
+    affected = [one for one in fleet if one.policy == "libero"]
     recovered = recovery(affected, killed)
     time.sleep(1)
     done.set()
     poller.join(30)
     stop_fleet(fleet)
     others: dict[str, int] = {}
-    for robot in fleet:
-        if robot.policy != "libero":
-            for kind, count in robot.outcomes_after(killed).items():
+    for one in fleet:
+        if one.policy != "libero":
+            for kind, count in outcomes_after(one, killed).items():
                 others[kind] = others.get(kind, 0) + count
     not_ready = [(t - killed, body) for t, status, body in readiness if status != 200 and t >= killed]
     return {"robots": robots, "libero_robots": len(affected), "seconds_to_every_libero_robot_served": recovered,
@@ -209,17 +166,19 @@ def sigterm(model_repository: Path, robots: int) -> dict[str, Any]:
     triton = server.tritonserver()
     regions = shared_memory_regions_of(triton)
     signalled = time.monotonic()
-    server.process.send_signal(signal.SIGTERM)
-    code = server.process.wait(120)
+    server.child.process.send_signal(signal.SIGTERM)
+    code = server.child.process.wait(120)
     stopped = time.monotonic() - signalled
-    for robot in fleet:
-        robot.join(30)
+    for one in fleet:
+        one.thread.join(30)
     # In flight: sent before the signal, not answered before it.
-    in_flight = [(sent, kind) for robot in fleet for sent, answered, kind in robot.frames
+    in_flight = [(sent, kind) for one in fleet for sent, answered, kind in one.frames()
                  if sent < signalled and (answered >= signalled)]
     answered = sum(1 for _, kind in in_flight if kind == "ok")
+    stop_fleet(fleet)
+    server.stop()  # what is left of it: its log
     return {"robots": robots, "in_flight_at_sigterm": len(in_flight), "answered": answered,
-            "last_frame_of_each_robot": sorted({kind for robot in fleet for _, _, kind in robot.frames[-1:]}),
+            "last_frame_of_each_robot": sorted({kind for one in fleet for _, _, kind in one.frames()[-1:]}),
             "exit_code": code, "seconds_to_exit": round(stopped, 2),
             "processes_left": len(group_members(triton)),
             "shm_regions_left": sum(region.exists() for region in regions)}
@@ -327,10 +286,9 @@ def hostile(port: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
+    add_flags(parser, "model-repository", "output", output=Path("bench-results/faults.json"))
     parser.add_argument("--robots", type=int, default=16)
     parser.add_argument("--sigterm-robots", type=int, default=8)
-    parser.add_argument("--output", type=Path, default=Path("bench-results/faults.json"))
     args = parser.parse_args(argv)
     results: dict[str, Any] = {}
     server = Server(args.model_repository)

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.arguments import add_flags
 from benchmarks.overhead_servers import LAYERS, REPLY
 from openpi_policy.core import Core
-from openpi_triton.config import DEFAULT_MODEL_REPOSITORY, DEFAULT_POLICY
 from openpi_triton.example_observations import make_observations
 from openpi_triton.loadgen.stats import latency_summary
 from openpi_triton.loadgen.websocket import WebsocketChannel, encode_observations
@@ -166,11 +166,9 @@ def paired_one_robot(triton_url: str, websocket_urls: dict[str, str], policy_nam
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
-    parser.add_argument("--format", default=DEFAULT_POLICY)
-    parser.add_argument("--policy", help="default: named like the format")
+    add_flags(parser, "model-repository", "format", "policy", "output",
+              output=Path("bench-results/front_overhead.json"))
     parser.add_argument("--calls", type=int, default=500, help="round trips per layer")
-    parser.add_argument("--output", type=Path, default=Path("bench-results/front_overhead.json"))
     args = parser.parse_args(argv)
     policy = args.policy or args.format
     results: dict[str, Any] = {"format": args.format, "calls": args.calls,

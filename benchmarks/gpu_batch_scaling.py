@@ -1,54 +1,38 @@
-"""What batching buys on a GPU: the reference policy's network (same code, same seeded weights as
-`model.onnx`) in PyTorch on CUDA, timed per batch size with CUDA events.
+"""What batching buys on a GPU: the PyTorch policy core (the reference policy's network, same code and
+seeded weights as `model.onnx`), built as the Triton instance builds it, one CUDA graph per batch size;
+each graph's replay timed with CUDA events (`gpu_fleet.graph_replay_ms`: the core's own graphs, no
+timing of its own here).
 
-This is PyTorch eager (and CUDA-graph replay), not the TensorRT plan Triton serves on a GPU host;
-it shows the shape of the curve (time per batch against batch size), not TensorRT's figures.
+This is PyTorch on CUDA, not the TensorRT plan Triton serves on a GPU host; it shows the shape of the
+curve (time per batch against batch size), not TensorRT's figures.
 
-    python -m benchmarks.gpu_batch_scaling [--batches 1,2,4,8,16,32,64] [--dtype float32]
+    python -m benchmarks.gpu_batch_scaling [--batches 1,2,4,8,16,32,64] [--dtype float16]
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 from collections.abc import Sequence
 from typing import Any
+
+from benchmarks.gpu_fleet import graph_replay_ms
 
 
 def time_batches(batches: Sequence[int], dtype_name: str = "float32", runs: int = 50) -> dict[str, Any]:
     import torch
 
-    from openpi_policy.export import example_inputs
-    from openpi_policy.reference_model import build_reference_policy
+    from openpi_policy.core_config import PRECISIONS, TorchCoreSettings
+    from openpi_policy.torch_core import build_torch_core
 
-    device = torch.device("cuda")
-    dtype = getattr(torch, dtype_name)
-    model = build_reference_policy(0).to(device=device, dtype=dtype)
-    results: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                               "dtype": dtype_name, "batches": {}}
-    for batch in batches:
-        inputs = [torch.from_numpy(value).to(device) for value in example_inputs(batch).values()]
-        inputs = [x.to(dtype) if x.is_floating_point() else x for x in inputs]
-        entry = {}
-        with torch.inference_mode():
-            for _ in range(5):
-                model(*inputs)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                model(*inputs)
-            for mode, call in (("eager", functools.partial(model, *inputs)), ("cuda_graph", graph.replay)):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                torch.cuda.synchronize()
-                start.record()
-                for _ in range(runs):
-                    call()
-                end.record()
-                torch.cuda.synchronize()
-                run_ms = start.elapsed_time(end) / runs
-                entry[mode] = {"run_ms": run_ms, "ms_per_sample": run_ms / batch}
-        results["batches"][batch] = entry
-    return results
+    if dtype_name not in PRECISIONS:
+        raise ValueError(f"dtype {dtype_name!r}: choose one of {', '.join(PRECISIONS)}")
+    settings = TorchCoreSettings(precision=dtype_name, graph_batches=tuple(batches))
+    core = build_torch_core(settings, "cuda", max(batches))
+    replay = graph_replay_ms(core, tuple(batches), runs) or {}
+    return {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "dtype": dtype_name,
+            "batches": {batch: {"cuda_graph": {"run_ms": ms, "ms_per_sample": ms / batch}}
+                        for batch, ms in replay.items()}}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -37,11 +37,12 @@ from typing import Any
 import numpy as np
 
 from benchmarks import servers
+from benchmarks.arguments import add_flags
 from benchmarks.gpu_report import gpu_markdown, gpu_targets
 from benchmarks.side_by_side import SideBySideConfig
 from benchmarks.side_by_side import run as run_side_by_side
 from openpi_triton.config import DEFAULT_MODEL_REPOSITORY, DEFAULT_POLICY, GPU_TORCH_CONFIG_NAME
-from openpi_triton.loadgen.schedule import Schedule, parse_robot_counts
+from openpi_triton.loadgen.schedule import Schedule
 
 ROWS = ("triton", "front", "reference")
 CAPACITY_BATCHES = (1, 2, 4, 8, 16, 32, 64)
@@ -126,7 +127,7 @@ def _parity_inputs(batch: int, seed: int) -> dict[str, np.ndarray]:
 def served_core(config: GpuFleetConfig) -> tuple[Any, float]:
     """The PyTorch core as the Triton instance builds it (configs/gpu_torch.pbtxt on `device`), and the
     seconds its build took (CUDA graph captures included)."""
-    from openpi_policy.core import core_settings
+    from openpi_policy.core_config import core_settings
     from openpi_policy.torch_core import build_torch_core
 
     core_config = _core_config(config)
@@ -140,7 +141,7 @@ def core_parity(config: GpuFleetConfig, core: Any) -> dict[str, Any]:
     batch size: the largest difference, and whether every action is within FP16_TOLERANCE."""
     import torch
 
-    from openpi_policy.core import core_settings
+    from openpi_policy.core_config import core_settings
     from openpi_policy.torch_core import FP16_TOLERANCE, TorchCore, build_network
 
     network = build_network(core_settings(_core_config(config)))
@@ -185,8 +186,9 @@ def triton_parity(config: GpuFleetConfig, triton_url: str) -> dict[str, Any]:
     from openpi_triton.example_observations import FORMATS, make_observations
     from openpi_triton.front.codec import flatten
     from openpi_triton.front.observations import observation_to_tensors
-    from openpi_triton.triton.repository import load_reference_pipeline, policy_from_repository
-    from openpi_triton.triton.tensors import infer_inputs
+    from openpi_triton.triton.grpc_tensors import infer_inputs
+    from openpi_triton.triton.reference import load_reference_pipeline
+    from openpi_triton.triton.repository import policy_from_repository
 
     formats = {}
     with grpcclient.InferenceServerClient(triton_url) as client:
@@ -254,14 +256,10 @@ def _say(config: GpuFleetConfig, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
-    parser.add_argument("--format", default=DEFAULT_POLICY, help="observation format of the fleet")
-    parser.add_argument("--robots", type=parse_robot_counts, default=(1, 4, 16, 64), help="default: 1,4,16,64")
-    parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per point")
-    parser.add_argument("--warmup", type=float, default=3.0)
+    add_flags(parser, "model-repository", "format", "robots", "duration", "warmup", "tritonserver",
+              robots=(1, 4, 16, 64), duration=15.0)
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu for a rehearsal")
     parser.add_argument("--output", type=Path, help="default: docs/results/<GPU name>")
-    parser.add_argument("--tritonserver", type=Path, help="tritonserver directory (default: the wheel's)")
     parser.add_argument("--paired-calls", type=int, default=300, help="rounds of one robot on every path")
     parser.add_argument("--smoke", action="store_true", help="seconds: one robot per row, two-second windows")
     args = parser.parse_args(argv)

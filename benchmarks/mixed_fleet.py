@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import servers
+from benchmarks.arguments import add_flags
 from benchmarks.triton_stats import TritonStats, delta
-from openpi_triton.config import DEFAULT_MODEL_REPOSITORY
+from openpi_triton.config import GR00T_N16
 from openpi_triton.loadgen.gr00t import encode_requests
 from openpi_triton.loadgen.machine import machine_info
-from openpi_triton.loadgen.schedule import Schedule, parse_robot_counts
+from openpi_triton.loadgen.schedule import Schedule
 from openpi_triton.loadgen.stats import PointResult
 from openpi_triton.loadgen.sweep import run_point
 from openpi_triton.loadgen.websocket import encode_observations
@@ -59,7 +60,7 @@ def _row(point: PointResult) -> str:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     gr00t_port = free_port()
-    frames = {"gr00t": encode_requests(GR00T_POLICY, "n1.6", seed=args.seed),
+    frames = {"gr00t": encode_requests(GR00T_POLICY, GR00T_N16, seed=args.seed),
               "openpi": encode_observations(OPENPI_POLICY, seed=args.seed)}
     points: list[dict[str, Any]] = []
     with servers.triton(args.triton_url, args.model_repository) as (triton_url, _), \
@@ -106,15 +107,10 @@ def table(results: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--triton-url", default=None, help="an existing Triton (default: start an embedded one)")
-    parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
-    parser.add_argument("--robots", type=parse_robot_counts, default=(4, 16), help="robots in each fleet")
+    add_flags(parser, "triton-url", "model-repository", "robots", "duration", "warmup", "seed", "output",
+              robots=(4, 16), output=Path("bench-results/mixed"))
     parser.add_argument("--rate", type=float, default=10.0)
     parser.add_argument("--replan-steps", type=int, default=5)
-    parser.add_argument("--duration", type=float, default=20.0)
-    parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, default=Path("bench-results/mixed"))
     args = parser.parse_args()
     results = run(args)
     args.output.mkdir(parents=True, exist_ok=True)

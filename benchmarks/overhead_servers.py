@@ -12,19 +12,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from openpi_triton.config import DEFAULT_MODEL_REPOSITORY, DEFAULT_POLICY, Settings
+from benchmarks.arguments import add_flags
+from benchmarks.instant_backend import InstantBackend
+from openpi_triton.config import DEFAULT_POLICY, Settings
 from openpi_triton.front.app import create_app
 from openpi_triton.front.app import serve as run_app
-from openpi_triton.triton.client import SequenceFlags
-from openpi_triton.triton.policy import Policy
-from openpi_triton.triton.repository import policy_from_repository, read_model_config
-from openpi_triton.triton.tensors import TRITON_DTYPES, triton_datatype
 
 LAYERS = ("tcp", "websocket", "front")
 REPLY = b"\x81\xa2ok\x01"  # msgpack {"ok": 1}: a tiny answer
@@ -65,43 +60,6 @@ def _echo_app() -> Any:
     return Starlette(routes=[WebSocketRoute("/", echo), Route("/readyz", ready)])
 
 
-class InstantBackend:
-    """A `Backend` that answers at once: the policy from the repository, zeros as its outputs."""
-
-    def __init__(self, model_repository: Path, policy: str) -> None:
-        self.policy_ = policy_from_repository(model_repository, policy)
-        self.outputs = _output_zeros(model_repository, policy)
-        self.config_errors: dict[str, str] = {}
-
-    @property
-    def policies(self) -> dict[str, Policy]:
-        return {self.policy_.name: self.policy_}
-
-    async def discover(self, force: bool = False) -> dict[str, Policy]:
-        return self.policies
-
-    async def policy(self, name: str) -> Policy | None:
-        return self.policies.get(name)
-
-    async def readiness(self, names: list[str]) -> tuple[bool, str]:
-        return True, "ready"
-
-    async def infer(self, policy: Policy, tensors: Mapping[str, np.ndarray], request_id: str,
-                    sequence: SequenceFlags | None = None) -> dict[str, np.ndarray]:
-        return self.outputs
-
-    async def close(self) -> None:
-        return None
-
-
-def _output_zeros(model_repository: Path, policy: str) -> dict[str, np.ndarray]:
-    config = read_model_config(Path(model_repository) / policy / "config.pbtxt")
-    batch = [1] if int(config.get("max_batch_size", 0)) > 0 else []
-    return {o["name"]: np.zeros(batch + [max(int(d), 1) for d in o.get("dims", [])],
-                                TRITON_DTYPES[triton_datatype(o["data_type"])])
-            for o in config.get("output", [])}
-
-
 def serve(layer: str, port: int, model_repository: Path, policy: str, frame_bytes: int) -> None:
     if layer == "tcp":
         asyncio.run(_tcp_server(port, frame_bytes))
@@ -112,7 +70,7 @@ def serve(layer: str, port: int, model_repository: Path, policy: str, frame_byte
     if layer == "websocket":
         app = _echo_app()
     else:
-        app = create_app(settings, backend=InstantBackend(model_repository, policy))
+        app = create_app(settings, backend=InstantBackend([(model_repository, policy)]))
     run_app(app, settings)
 
 def main(argv: list[str] | None = None) -> None:
@@ -120,8 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("layer", choices=LAYERS)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--frame-bytes", type=int, required=True, help="size of the robot's frames (tcp layer)")
-    parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
-    parser.add_argument("--policy", default=DEFAULT_POLICY)
+    add_flags(parser, "model-repository", "policy", policy=DEFAULT_POLICY)
     args = parser.parse_args(argv)
     serve(args.layer, args.port, args.model_repository, args.policy, args.frame_bytes)
 

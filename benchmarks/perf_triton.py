@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks import servers
+from benchmarks.arguments import add_flags
 from benchmarks.observations import ensemble_inputs, policy_from_triton, unbatched
-from openpi_triton.config import DEFAULT_MODEL_REPOSITORY, DEFAULT_POLICY
 from openpi_triton.example_observations import make_observations
 from openpi_triton.triton.policy import Policy
 
@@ -141,17 +141,14 @@ def run(triton_url: str | None, model_repository: Path, format_name: str, policy
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Arguments after -- go to perf_analyzer unchanged.")
-    parser.add_argument("--triton-url", help="gRPC address of a running Triton (default: start an embedded one)")
-    parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
-    parser.add_argument("--format", default=DEFAULT_POLICY, help="observation format (libero, droid, aloha)")
-    parser.add_argument("--policy", help="ensemble to load-test (default: named like the format)")
+    add_flags(parser, "triton-url", "model-repository", "format", "policy")
     parser.add_argument("--concurrency-range", default=Sweep.concurrency, help="start:end:step [default: %(default)s]")
     parser.add_argument("--measurement-interval", type=int, default=Sweep.measurement_ms,
                         help="ms per measurement window [default: %(default)s]")
     parser.add_argument("--stability-percentage", type=float, default=Sweep.stability_pct,
                         help="allowed p99 spread between windows [default: %(default)s]")
     parser.add_argument("--max-trials", type=int, default=Sweep.max_trials, help="[default: %(default)s]")
-    parser.add_argument("--output", type=Path, default=Path("bench-results/perf_analyzer"))
+    add_flags(parser, "output", output=Path("bench-results/perf_analyzer"))
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)

@@ -25,15 +25,16 @@ from typing import Any
 
 import numpy as np
 
-from openpi_triton.config import DEFAULT_MODEL_REPOSITORY, DEFAULT_POLICY, core_onnx_path
+from benchmarks.arguments import add_flags
+from openpi_triton.config import core_onnx_path
 from openpi_triton.example_observations import make_observations
 from openpi_triton.front.codec import flatten
 from openpi_triton.front.observations import observation_to_tensors, unbatch
 from openpi_triton.process import free_port
 from openpi_triton.triton.embedded import EmbeddedTriton
+from openpi_triton.triton.grpc_tensors import infer_inputs
 from openpi_triton.triton.policy import Policy
 from openpi_triton.triton.repository import policy_from_repository
-from openpi_triton.triton.tensors import infer_inputs
 
 # The extra step: what a python postprocess that only slices costs (its own process round trip).
 SLICE_MODEL = '''
@@ -140,9 +141,7 @@ def measure(model_repository: Path, policy: str, fmt: str, calls: int, warmup: i
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
-    parser.add_argument("--format", default=DEFAULT_POLICY, help="observation format (libero, droid, aloha)")
-    parser.add_argument("--policy", help="policy (default: named like the format)")
+    add_flags(parser, "model-repository", "format", "policy")
     parser.add_argument("--calls", type=int, default=500, help="rounds of one call to each")
     args = parser.parse_args(argv)
     print(json.dumps(measure(args.model_repository, args.policy or args.format, args.format, args.calls), indent=1))

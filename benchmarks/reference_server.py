@@ -17,10 +17,12 @@ from typing import Any
 
 from openpi_client.base_policy import BasePolicy
 
-from openpi_triton.config import CPU_CONFIG_NAME, DEFAULT_MODEL_REPOSITORY, DEFAULT_POLICY
+from benchmarks.arguments import add_flags
+from openpi_triton.config import CPU_CONFIG_NAME, DEFAULT_POLICY, FRONT_PORT
 from openpi_triton.front.codec import flatten
 from openpi_triton.front.observations import observation_to_tensors, unbatch
-from openpi_triton.triton.repository import load_reference_pipeline, policy_from_repository
+from openpi_triton.triton.reference import load_reference_pipeline
+from openpi_triton.triton.repository import policy_from_repository
 
 
 class ReferencePolicy(BasePolicy):
@@ -48,10 +50,9 @@ class ReferencePolicy(BasePolicy):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
-    parser.add_argument("--policy", default=DEFAULT_POLICY)
+    add_flags(parser, "model-repository", "policy", policy=DEFAULT_POLICY)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=FRONT_PORT)
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: one per core)")
     parser.add_argument("--config-name", default=CPU_CONFIG_NAME, help="policy core config variant to run")
     parser.add_argument("--device", help="the PyTorch core's device (default: where the config runs it)")

@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import channels, servers
+from benchmarks.arguments import add_flags
 from benchmarks.cpu import tree_cpu_seconds
 from benchmarks.report import results_table
 from openpi_policy.core import THREADS_ENV
-from openpi_triton.config import DEFAULT_MODEL_REPOSITORY, DEFAULT_POLICY
 from openpi_triton.loadgen.fleet import drive_fleet
 from openpi_triton.loadgen.machine import machine_info
-from openpi_triton.loadgen.schedule import Schedule, parse_robot_counts
+from openpi_triton.loadgen.schedule import Schedule
 from openpi_triton.loadgen.stats import PointResult
 from openpi_triton.loadgen.websocket import encode_observations
 
@@ -172,17 +172,12 @@ def table(rows: dict[str, list[PointResult]], details: dict[str, list[dict[str, 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
-    parser.add_argument("--format", default=DEFAULT_POLICY, help="observation format (libero, droid, aloha)")
-    parser.add_argument("--policy", help="default: named like the format")
-    parser.add_argument("--robots", type=parse_robot_counts, default=(1, 4, 16), help="default: 1,4,16")
-    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per point")
-    parser.add_argument("--warmup", type=float, default=3.0)
+    add_flags(parser, "model-repository", "format", "policy", "robots", "duration", "warmup", robots=(1, 4, 16))
     parser.add_argument("--ort-threads", type=int, default=0, help="ONNX Runtime threads per tritonserver "
                         "(0 = one per core)")
     parser.add_argument("--triton-urls", help="two running Tritons on this host (a,b) instead of embedded ones: "
                         "the first serves the 1-replica setup, both the 2-replica setup")
-    parser.add_argument("--output", type=Path, default=Path("bench-results/replicas"))
+    add_flags(parser, "output", output=Path("bench-results/replicas"))
     args = parser.parse_args(argv)
     results = run(args.model_repository, args.format, args.policy or args.format, args.robots, args.duration,
                   args.warmup, args.ort_threads, args.output,

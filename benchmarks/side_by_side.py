@@ -26,19 +26,21 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import channels, servers
+from benchmarks.arguments import add_flags
 from benchmarks.channels import OpenChannelFactory
 from benchmarks.core_capacity import core_capacity
 from benchmarks.cpu import tree_cpu_seconds
 from benchmarks.front_overhead import paired_one_robot
 from benchmarks.report import markdown, targets
 from benchmarks.triton_stats import TritonStats, delta
-from openpi_policy.core import Core, core_settings, load_core
+from openpi_policy.core import Core, load_core
+from openpi_policy.core_config import core_settings
 from openpi_triton.config import CPU_CONFIG_NAME, DEFAULT_MODEL_REPOSITORY, DEFAULT_POLICY, core_onnx_path
 from openpi_triton.example_observations import describe, make_observations
 from openpi_triton.loadgen.fleet import drive_fleet
 from openpi_triton.loadgen.machine import machine_info
 from openpi_triton.loadgen.plots import plot_latency_cdf, plot_scaling
-from openpi_triton.loadgen.schedule import Schedule, parse_robot_counts
+from openpi_triton.loadgen.schedule import Schedule
 from openpi_triton.loadgen.stats import PointResult
 from openpi_triton.loadgen.websocket import encode_observations
 from openpi_triton.triton.repository import config_path, read_model_config
@@ -261,24 +263,17 @@ def write(config: SideBySideConfig, rows: dict[str, list[PointResult]], observat
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--triton-url", help="gRPC address of a running Triton (default: start an embedded one)")
-    parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
-    parser.add_argument("--format", default=DEFAULT_POLICY, help="observation format (libero, droid, aloha)")
-    parser.add_argument("--policy", help="policy to serve (default: named like the format)")
-    parser.add_argument("--robots", type=parse_robot_counts, default=(1, 4, 16, 64), help="default: 1,4,16,64")
+    add_flags(parser, "triton-url", "model-repository", "format", "policy", "robots", robots=(1, 4, 16, 64))
     parser.add_argument("--rows", default=",".join(ROWS), help=f"subset of {','.join(ROWS)}")
     parser.add_argument("--rate", type=float, default=10.0, help="control rate in Hz; 0 = closed loop")
     parser.add_argument("--replan-steps", type=int, default=5)
     parser.add_argument("--deadline-ms", type=float, default=None, help="default: replan-steps / rate")
-    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per point")
-    parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--output", type=Path, default=Path("bench-results"))
-    parser.add_argument("--seed", type=int, default=0)
+    add_flags(parser, "duration", "warmup", "output", "seed", output=Path("bench-results"))
     parser.add_argument("--smoke", action="store_true", help="a few seconds in all: robots 1,2 and 1 s windows")
     parser.add_argument("--model-config-name", default=CPU_CONFIG_NAME,
                         help="config variant for Triton, the reference server and the in-process core")
     parser.add_argument("--device", help="the PyTorch core's device outside Triton (default: the config's)")
-    parser.add_argument("--tritonserver", type=Path, help="tritonserver directory (default: the wheel's)")
+    add_flags(parser, "tritonserver")
     args = parser.parse_args(argv)
     config = SideBySideConfig(
         model_repository=args.model_repository, triton_url=args.triton_url, format=args.format, policy=args.policy,

@@ -4,21 +4,22 @@ python model and the in-process reference pipeline, so both run the network with
 - ONNX Runtime on `model.onnx` on the CPU (`configs/cpu.pbtxt`; the default, without the parameter);
 - PyTorch (`configs/gpu_torch.pbtxt`: `{"runtime": "torch", ...}`), on CUDA in float16 with CUDA graphs,
   see `openpi_policy.torch_core`. Only this runtime imports torch.
+
+Which runtime a config asks for is read by `openpi_policy.core_config`, which both runtimes import.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from openpi_policy import spec
+from openpi_policy.core_config import config_device, core_settings
 
 # Threads of one ONNX Runtime run; 0 = one per core. Read inside Triton's python stub, which gets the
 # server's environment.
@@ -28,10 +29,6 @@ THREADS_ENV = "OPENPI_TRITON_ORT_THREADS"
 SPINNING_ENV = "OPENPI_TRITON_ORT_SPINNING"
 # Whether batches with a row per thread are split into one-thread shards (see OnnxRuntimeCore).
 SPLIT_ENV = "OPENPI_TRITON_ORT_SPLIT"
-CORE_PARAMETER = "core"
-RUNTIMES = ("onnxruntime", "torch")
-PRECISIONS = ("float32", "float16", "bfloat16")
-REFERENCE_NETWORK = "openpi_policy.reference_model:build_reference_policy"
 
 Core = Callable[[Mapping[str, np.ndarray]], np.ndarray]
 
@@ -92,62 +89,6 @@ def _switch(name: str, default: str) -> str:
     if value not in ("0", "1"):
         raise ValueError(f"{name} must be 0 or 1, got {value!r}")
     return value
-
-
-@dataclass(frozen=True)
-class TorchCoreSettings:
-    """The `core` parameter with `"runtime": "torch"` (JSON in the policy core's model config)."""
-
-    # "module:function" returning the network with openpi's float interface (what ServingPolicy wraps),
-    # called without arguments; the reference policy's weights are seeded, the same as in model.onnx.
-    network: str = REFERENCE_NETWORK
-    # The network's dtype on CUDA (the serving steps stay float32). A CPU instance runs float32: PyTorch
-    # emulates float16 on the CPU, five times slower.
-    precision: str = "float16"
-    # On CUDA, one CUDA graph per batch size in `graph_batches` (default: every size up to the config's
-    # max_batch_size); a batch of another size runs in the next larger graph.
-    cuda_graphs: bool = True
-    graph_batches: tuple[int, ...] | None = None
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> TorchCoreSettings:
-        raw = {key: value for key, value in raw.items() if key != "runtime"}
-        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"unknown torch core settings {unknown}; known: "
-                             f"{', '.join(sorted(cls.__dataclass_fields__))}")
-        if raw.get("graph_batches") is not None:
-            raw["graph_batches"] = tuple(int(b) for b in raw["graph_batches"])
-        settings = cls(**raw)
-        if settings.precision not in PRECISIONS:
-            raise ValueError(f"precision {settings.precision!r}: choose one of {', '.join(PRECISIONS)}")
-        if settings.graph_batches is not None and (not settings.graph_batches or min(settings.graph_batches) < 1):
-            raise ValueError(f"graph_batches {list(settings.graph_batches)}: list batch sizes from 1 up")
-        if ":" not in settings.network:
-            raise ValueError(f"network {settings.network!r}: write it as 'module:function'")
-        return settings
-
-
-def core_settings(config: Mapping[str, Any]) -> TorchCoreSettings | None:
-    """The runtime a policy core config asks for: None for ONNX Runtime on model.onnx, else the torch
-    settings. Raises ValueError, naming the parameter, for what does not parse."""
-    text = config.get("parameters", {}).get(CORE_PARAMETER, {}).get("string_value")
-    if text is None:
-        return None
-    try:
-        raw = json.loads(text)
-        runtime = raw.get("runtime", "onnxruntime")
-        if runtime not in RUNTIMES:
-            raise ValueError(f"runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
-        return None if runtime == "onnxruntime" else TorchCoreSettings.from_dict(raw)
-    except (ValueError, TypeError, AttributeError) as error:
-        raise ValueError(f"parameter {CORE_PARAMETER!r}: {error}") from None
-
-
-def config_device(config: Mapping[str, Any]) -> str:
-    """Where a config's instances run: "cuda" for KIND_GPU instance groups, else "cpu"."""
-    kinds = {group.get("kind") for group in config.get("instance_group", [])}
-    return "cuda" if "KIND_GPU" in kinds else "cpu"
 
 
 def load_core(config: Mapping[str, Any], onnx_path: Path, device: str | None = None,

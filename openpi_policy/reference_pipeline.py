@@ -4,7 +4,7 @@ actions; the robot's slice of them is the front's `unbatch`, applied to both ali
 reference the Triton ensemble is tested against, and the policy that OpenPI's reference server serves
 in the benchmarks.
 
-`openpi_triton.triton.repository.load_reference_pipeline` builds one from a model repository."""
+`openpi_triton.triton.reference.load_reference_pipeline` builds one from a model repository."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from openpi_policy import spec
-from openpi_policy.core import TorchCoreSettings
+from openpi_policy.core_config import TorchCoreSettings
 from openpi_policy.export import example_inputs
 from openpi_policy.serving import ServingPolicy
 

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from openpi_policy.core import OnnxRuntimeCore, config_device, core_settings
+from openpi_policy.core import OnnxRuntimeCore
+from openpi_policy.core_config import config_device, core_settings
 from openpi_policy.pipeline import Preprocessor
 
 

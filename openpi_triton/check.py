@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from openpi_policy.core import core_settings
+from openpi_policy.core_config import core_settings
 from openpi_policy.pipeline import Preprocessor
 from openpi_triton.config import CPU_CONFIG_NAME, core_onnx_path
 from openpi_triton.triton.policy import Policy, PolicyConfigError, is_policy, policy_from_config

@@ -170,13 +170,37 @@ def _proc_file(pid: int, name: str) -> bytes:
         return b""
 
 
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """/proc/<pid>/stat after the command name (which may hold spaces and parentheses), or None when gone."""
+    stat = _proc_file(pid, "stat")
+    return stat.rsplit(b")", 1)[1].split() if stat else None
+
+
 def _process_state(pid: int) -> tuple[str, int, int] | None:
     """(state letter, parent, process group) of a process, or None when it is gone."""
-    stat = _proc_file(pid, "stat")
-    if not stat:
-        return None
-    fields = stat.rsplit(b")", 1)[1].split()
-    return fields[0].decode(), int(fields[1]), int(fields[2])
+    fields = _stat_fields(pid)
+    return None if fields is None else (fields[0].decode(), int(fields[1]), int(fields[2]))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (0.0 once it is gone)."""
+    fields = _stat_fields(pid)
+    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    """Live processes below `pid`: its children, theirs, and so on."""
+    children_of: dict[int, list[int]] = {}
+    for child in _pids():
+        state = _process_state(child)
+        if state is not None:
+            children_of.setdefault(state[1], []).append(child)
+    found, todo = [], list(children_of.get(pid, []))
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children_of.get(current, []))
+    return found
 
 
 def _pids() -> list[int]:

@@ -14,7 +14,7 @@ import numpy as np
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from websockets.exceptions import ConnectionClosed
 
-from openpi_triton.example_observations import droid, libero
+from openpi_triton.example_observations import aloha, droid, libero
 
 COUNTER = "session_counter"  # the stateful test policy (tests/model_repository): its answers count steps
 
@@ -43,6 +43,7 @@ class Robot:
     observation: dict[str, Any]
     read: Callable[[dict[str, Any]], str] | None = None
     events: list[tuple[float, str, str]] = field(default_factory=list)  # (time, "ok" | "error" | "closed", text)
+    sent: list[float] = field(default_factory=list)  # when the frame of each event was sent
     stop: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
@@ -52,18 +53,27 @@ class Robot:
 
     def _loop(self) -> None:
         while not self.stop.is_set():
+            sent = time.monotonic()
             try:
                 answer = self.client.infer(self.observation)
                 finite = all(np.isfinite(v).all() for v in answer.values()
                              if isinstance(v, np.ndarray) and v.dtype.kind in "fc")
                 text = self.read(answer) if self.read is not None else ""
-                self.events.append((time.monotonic(), "ok" if finite else "nonfinite", text))
+                self._record(sent, "ok" if finite else "nonfinite", text)
             except RuntimeError as error:  # openpi_client's error text from the server
-                self.events.append((time.monotonic(), "error", str(error)))
+                self._record(sent, "error", str(error))
                 time.sleep(0.05)
             except ConnectionClosed as closed:
-                self.events.append((time.monotonic(), "closed", str(closed)))
+                self._record(sent, "closed", str(closed))
                 return
+
+    def _record(self, sent: float, kind: str, text: str) -> None:
+        self.sent.append(sent)
+        self.events.append((time.monotonic(), kind, text))
+
+    def frames(self) -> list[tuple[float, float, str]]:
+        """(sent, answered, kind) of every frame so far."""
+        return [(sent, at, kind) for sent, (at, kind, _) in zip(list(self.sent), list(self.events), strict=False)]
 
     def after(self, moment: float) -> list[tuple[float, str, str]]:
         return [event for event in list(self.events) if event[0] >= moment]
@@ -86,7 +96,7 @@ class Robot:
 def robot(url: str, policy: str, seed: int = 0) -> Robot:
     if policy == COUNTER:
         return Robot(url, policy, {"inputs": {"x": np.zeros(1, np.float32)}}, read=_step)
-    observation = {"libero": libero, "droid": droid}[policy](np.random.default_rng(seed))
+    observation = {"libero": libero, "droid": droid, "aloha": aloha}[policy](np.random.default_rng(seed))
     return Robot(url, policy, observation)
 
 

@@ -141,7 +141,18 @@ def test_shared_memory_is_on_for_a_triton_on_this_host(args, expected):
     from openpi_triton.cli import build_parser
     from openpi_triton.cli.serve import settings_from_args
 
-    assert settings_from_args(build_parser().parse_args(["serve", *args])).triton_shared_memory is expected
+    args = build_parser().parse_args(["serve", *args])
+    assert settings_from_args(args).shares_memory(embedded=args.triton_url is None) is expected
+
+
+def test_settings_and_serve_agree_on_the_shared_memory_default():
+    from openpi_triton.cli import build_parser
+    from openpi_triton.cli.serve import settings_from_args
+    from openpi_triton.config import Settings
+
+    served = settings_from_args(build_parser().parse_args(["serve"]))
+    assert served.triton_shared_memory == Settings().triton_shared_memory
+    assert served.shares_memory(embedded=True) and not Settings(triton_url="gpu-host:8001").shares_memory(False)
 
 
 def test_environment_variables_are_read_and_checked():

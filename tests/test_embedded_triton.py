@@ -120,7 +120,7 @@ def test_a_dead_stub_comes_back_with_a_reload_and_stop_leaves_nothing_behind():
     import tritonclient.grpc as grpcclient
 
     from openpi_triton.process import group_members
-    from openpi_triton.triton.tensors import infer_inputs
+    from openpi_triton.triton.grpc_tensors import infer_inputs
 
     server = EmbeddedTriton([TEST_MODEL_REPOSITORY], http_port=free_port(), grpc_port=free_port(),
                             metrics_port=free_port()).start()

@@ -153,7 +153,7 @@ def test_a_killed_tritonserver_is_replaced_and_robots_keep_their_websocket(serve
     assert not [region for region in regions if region.exists()], "the dead tritonserver's shared memory is left"
     assert served.metric("openpi_triton_backend_restarts_total") == 1
     assert served.metric("openpi_triton_outages_total", component="tritonserver") == 1
-    assert served.http("/readyz")[0] == 200
+    wait_for(lambda: served.http("/readyz")[0] == 200, 30, "/readyz (refreshed every second) is ready")
 
     # The stateful session's memory died with tritonserver: it is told so once, then starts over.
     with pytest.raises(RuntimeError, match="lost this session's state"):

@@ -13,7 +13,7 @@ from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
 from openpi_policy.tokenizer import ByteTokenizer
 from openpi_triton.example_observations import aloha, droid, libero
-from openpi_triton.triton.tensors import infer_inputs
+from openpi_triton.triton.grpc_tensors import infer_inputs
 
 from .conftest import MODEL_REPOSITORY, settled_statistics
 

@@ -17,6 +17,7 @@ from websockets.sync.client import connect
 from openpi_triton.example_observations import libero
 
 from .conftest import front_settings, http_get, running_front, settled_statistics
+from .robots import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -313,8 +314,9 @@ def test_triton_outage_is_reported_and_recovered_from_without_a_restart(tmp_path
             ws.send(msgpack_numpy.packb(request))
             reply = ws.recv(timeout=30)
             assert isinstance(reply, str) and reply.startswith("policy backend unavailable")
-            status, reason = http_get(url, "/readyz")
-            assert status == 503 and "Triton" in reason
+            # /readyz answers from state refreshed every second
+            wait_for(lambda: (lambda status, reason: status == 503 and "Triton" in reason)(*http_get(url, "/readyz")),
+                     30, "/readyz says Triton is down")
 
             backend.start()
             deadline, reply = time.monotonic() + 60, None
@@ -325,7 +327,7 @@ def test_triton_outage_is_reported_and_recovered_from_without_a_restart(tmp_path
                 time.sleep(0.5)
             assert isinstance(reply, dict), f"the front did not recover: {reply}"
             assert int(reply["payload_sum"][0]) == int(payload.sum())
-            assert http_get(url, "/readyz")[0] == 200
+            wait_for(lambda: http_get(url, "/readyz")[0] == 200, 30, "/readyz is ready again")
 
             # A restart between two requests: the front's shared-memory regions are unknown to the new
             # Triton, and the very next request still gets its answer.

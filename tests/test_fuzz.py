@@ -20,13 +20,13 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from openpi_client import msgpack_numpy
 
+from benchmarks.instant_backend import InstantBackend as InstantAnswers
 from openpi_triton.config import Settings
 from openpi_triton.example_observations import aloha, droid, libero
 from openpi_triton.front.codec import ProtocolError, decode_frame
 from openpi_triton.front.metrics import FrontMetrics
 from openpi_triton.front.session import RobotConnection
 from openpi_triton.triton.repository import policy_from_repository
-from openpi_triton.triton.tensors import TRITON_DTYPES, triton_datatype
 
 from .conftest import MODEL_REPOSITORY, TEST_MODEL_REPOSITORY
 
@@ -70,25 +70,12 @@ class FakeWebSocket:
         self.sent.append(data)
 
 
-class InstantBackend:
-    """Answers every call with the model's outputs as zeros (or NaN when asked)."""
+class InstantBackend(InstantAnswers):
+    """The fuzzed policies, answered at once with `fill` (zeros, or NaN/inf to test the guard)."""
 
     def __init__(self, fill: float = 0.0) -> None:
-        self.fill = fill
-
-    async def infer(self, policy, tensors, request_id, sequence=None):
-        config = _output_shapes(policy)
-        return {name: np.full(shape, self.fill, dtype) for name, (shape, dtype) in config.items()}
-
-
-def _output_shapes(policy) -> dict[str, tuple[list[int], np.dtype]]:
-    from openpi_triton.triton.repository import read_model_config
-
-    root = TEST_MODEL_REPOSITORY if policy.name == "session_counter" else MODEL_REPOSITORY
-    config = read_model_config(root / policy.name / "config.pbtxt")
-    batch = [1] if policy.batched else []
-    return {o["name"]: (batch + [max(int(d), 1) for d in o.get("dims", [])],
-                        TRITON_DTYPES[triton_datatype(o["data_type"])]) for o in config["output"]}
+        super().__init__([(MODEL_REPOSITORY, name) for name in ("libero", "droid", "aloha")]
+                         + [(TEST_MODEL_REPOSITORY, "session_counter")], fill)
 
 
 LOOP = asyncio.new_event_loop()

@@ -20,12 +20,9 @@ from openpi_triton.example_observations import make_observations
 from openpi_triton.front.codec import flatten
 from openpi_triton.front.observations import observation_to_tensors
 from openpi_triton.triton.embedded import EmbeddedTriton, TritonInstall
-from openpi_triton.triton.repository import (
-    core_needs_onnx,
-    load_reference_pipeline,
-    policy_from_repository,
-)
-from openpi_triton.triton.tensors import infer_inputs
+from openpi_triton.triton.grpc_tensors import infer_inputs
+from openpi_triton.triton.reference import load_reference_pipeline
+from openpi_triton.triton.repository import core_needs_onnx, policy_from_repository
 
 from .conftest import MODEL_REPOSITORY, settled_statistics
 

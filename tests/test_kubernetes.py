@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from openpi_triton import config
 from openpi_triton.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -244,6 +245,10 @@ def test_front_probes_and_ports(overlay, routes):
     for get in probes.values():
         assert get["path"] in routes, f"{get['path']} is not a route of the app"
         assert port_number(front, get["port"]) == port
+    # /readyz answers from state refreshed in the background: a probe at most as often as that, and the
+    # probe's own timeout (Kubernetes' default 1 s) never spent waiting on Triton.
+    readiness = front["readinessProbe"]
+    assert readiness.get("timeoutSeconds", 1) <= 1 and readiness["periodSeconds"] >= config.READINESS_REFRESH_S
     service = find(objects, "Service", FRONT)
     assert selects(service["spec"]["selector"], pod_labels(objects, FRONT))
     assert not selects(service["spec"]["selector"], pod_labels(objects, TRITON))

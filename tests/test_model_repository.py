@@ -11,8 +11,9 @@ from tritonclient.utils import InferenceServerException
 
 from openpi_triton.front.observations import unbatch
 from openpi_triton.triton.embedded import EmbeddedTriton
-from openpi_triton.triton.repository import load_reference_pipeline, policy_from_repository
-from openpi_triton.triton.tensors import infer_inputs
+from openpi_triton.triton.grpc_tensors import infer_inputs
+from openpi_triton.triton.reference import load_reference_pipeline
+from openpi_triton.triton.repository import policy_from_repository
 
 from .conftest import MODEL_REPOSITORY, settled_statistics
 

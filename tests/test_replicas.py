@@ -24,7 +24,7 @@ from openpi_triton.config import Settings
 from openpi_triton.front.observations import observation_to_tensors
 from openpi_triton.process import free_port
 from openpi_triton.triton.addresses import AddressError, Target, parse_targets, resolve
-from openpi_triton.triton.client import BackendUnavailable, SequenceFlags, SequenceLost
+from openpi_triton.triton.backend import BackendUnavailable, SequenceFlags, SequenceLost
 from openpi_triton.triton.embedded import EmbeddedTriton
 from openpi_triton.triton.replicas import ReplicaPool
 
@@ -114,8 +114,9 @@ def test_sixteen_robots_over_two_replicas_lose_one_and_get_it_back(triton, secon
                                    for r in stateful + stateless)
 
             wait_for(served_after_kill(5), 60, "every robot keeps getting answers after replica B died")
-            status, body = http_get(url, "/readyz")
-            assert status == 200 and "1 of 2 Triton replicas ready" in body and f"replica {b}: " in body, body
+            # /readyz answers from state refreshed every second: it says so within a few seconds.
+            wait_for(lambda: (lambda status, body: status == 200 and "1 of 2 Triton replicas ready" in body
+                              and f"replica {b}: " in body)(*http_get(url, "/readyz")), 30, "/readyz names B as down")
 
             second_triton.stop()  # what was left of it: its python stubs, its shared memory
             second_triton.start()
@@ -123,7 +124,8 @@ def test_sixteen_robots_over_two_replicas_lose_one_and_get_it_back(triton, secon
             before = replica_requests(url, b)
             wait_for(lambda: replica_requests(url, b) > before and inferences(second_triton, "libero") > 0, 60,
                      "the restarted replica B takes requests again")
-            assert http_get(url, "/readyz")[1].startswith("2 of 2 Triton replicas ready")
+            wait_for(lambda: http_get(url, "/readyz")[1].startswith("2 of 2 Triton replicas ready"), 30,
+                     "/readyz counts B again")
             wait_for(served_after_kill(10), 60, "every robot still gets answers")
 
     # What went wrong, for the failure message: each robot's first errors, in seconds after the kill.

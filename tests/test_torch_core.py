@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from openpi_policy.core import OnnxRuntimeCore, config_device, core_settings, load_core
+from openpi_policy.core import OnnxRuntimeCore, load_core
+from openpi_policy.core_config import config_device, core_settings
 from openpi_policy.export import example_inputs
 from openpi_policy.reference_model import build_reference_policy
 from openpi_policy.torch_core import FP16_TOLERANCE, TorchCore, build_torch_core

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from openpi_triton.cli.options import CliError
-from openpi_triton.config import DEFAULT_POLICY, GR00T_PORT
+from openpi_triton.config import DEFAULT_POLICY, FRONT_PORT, GR00T_GENERATIONS, GR00T_N16, GR00T_PORT
 from openpi_triton.example_observations import FORMATS
 from openpi_triton.loadgen.schedule import Schedule, parse_robot_counts
 
@@ -28,7 +28,7 @@ def _url(args: argparse.Namespace) -> str:
     if args.protocol == "gr00t":  # one policy per GR00T port: the server's --gr00t-policy
         return f"tcp://{args.host}:{args.port or GR00T_PORT}"
     policy = args.policy or args.format
-    return f"ws://{args.host}:{args.port or 8000}/v1/realtime/robot/openpi/{policy}"
+    return f"ws://{args.host}:{args.port or FRONT_PORT}/v1/realtime/robot/openpi/{policy}"
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -71,10 +71,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--protocol", choices=("openpi", "gr00t"), default="openpi",
                    help="openpi: websocket robots (openpi_client's wire format); gr00t: Isaac GR00T clients over "
                         "ZeroMQ, against a server's --gr00t-port (use --format so100 for the shipped GR00T policy)")
-    p.add_argument("--gr00t-generation", choices=("n1.5", "n1.6"), default="n1.6",
+    p.add_argument("--gr00t-generation", choices=GR00T_GENERATIONS, default=GR00T_N16,
                    help="with --protocol gr00t: the GR00T client generation whose requests are sent")
     p.add_argument("--host", default="localhost")
-    p.add_argument("--port", type=int, default=None, help=f"[default: 8000, or {GR00T_PORT} with --protocol gr00t]")
+    p.add_argument("--port", type=int, default=None,
+                   help=f"[default: {FRONT_PORT}, or {GR00T_PORT} with --protocol gr00t]")
     p.add_argument("--policy", help="policy to ask (default: the one named like the format)")
     p.add_argument("--format", choices=sorted(FORMATS), default=DEFAULT_POLICY,
                    help="observation format to send")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from openpi_triton.cli.options import CliError, add_env_flag, add_env_switch
 from openpi_triton.config import (
     CPU_CONFIG_NAME,
     GPU_TORCH_CONFIG_NAME,
+    GR00T_GENERATIONS,
     GR00T_PORT,
     Settings,
     core_onnx_path,
@@ -22,6 +24,9 @@ from openpi_triton.config import (
 )
 from openpi_triton.process import port_is_free
 from openpi_triton.triton.addresses import AddressError, parse_targets
+
+# --triton-shared-memory -> Settings.triton_shared_memory (None: on for the embedded tritonserver only)
+SHARED_MEMORY_SWITCH = {"auto": None, "on": True, "off": False}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,9 +59,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_env_flag(p, "max-connections", int, d.max_connections, "concurrent robots; one more is refused with 1013")
     add_env_flag(p, "idle-timeout", float, d.idle_timeout_s, "seconds without a frame before a connection is closed")
     add_env_flag(p, "triton-timeout", float, d.triton_timeout_s, "seconds to wait for Triton on each call")
-    add_env_flag(p, "triton-shared-memory", str, "auto", "pass camera frames to Triton through system shared "
+    default_switch = next(word for word, value in SHARED_MEMORY_SWITCH.items() if value is d.triton_shared_memory)
+    add_env_flag(p, "triton-shared-memory", str, default_switch, "pass camera frames to Triton through system shared "
                  "memory: auto = on for the embedded tritonserver, off with --triton-url (use on only when "
-                 "Triton shares this host's /dev/shm)", choices=("auto", "on", "off"))
+                 "Triton shares this host's /dev/shm)", choices=tuple(SHARED_MEMORY_SWITCH))
     add_env_flag(p, "drain-timeout", float, d.drain_timeout_s, "on shutdown (SIGTERM, Ctrl-C), seconds that robots' "
                  "in-flight inferences get to be answered before their connections close with 1012")
     add_env_flag(p, "triton-restart-delay", float, d.triton_restart_delay_s, "seconds before restarting an "
@@ -70,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                  "gr00t_modality_config parameter)")
     add_env_flag(p, "gr00t-modality-form", str, d.gr00t_modality_form, "ModalityConfig in get_modality_config "
                  "replies as GR00T N1.5 clients read it (a JSON string, prefixed keys) or N1.6 clients (a map, bare "
-                 "keys); each crashes on the other's", choices=("n1.5", "n1.6"))
+                 "keys); each crashes on the other's", choices=GR00T_GENERATIONS)
     add_env_switch(p, "gr00t-allow-kill", "let a GR00T client's `kill` request stop the server (as SIGTERM does); "
                    "refused otherwise")
     p.set_defaults(run=_serve)
@@ -99,8 +105,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_connections=args.max_connections, idle_timeout_s=args.idle_timeout,
         triton_timeout_s=args.triton_timeout, log_level=args.log_level, drain_timeout_s=args.drain_timeout,
         triton_restart_delay_s=args.triton_restart_delay, triton_restart_max_delay_s=args.triton_restart_max_delay,
-        triton_shared_memory=args.triton_shared_memory == "on"
-        or (args.triton_shared_memory == "auto" and args.triton_url is None),
+        triton_shared_memory=SHARED_MEMORY_SWITCH[args.triton_shared_memory],
         gr00t_port=args.gr00t_port, gr00t_policy=args.gr00t_policy, gr00t_allow_kill=args.gr00t_allow_kill,
         gr00t_modality_form=args.gr00t_modality_form,
     )
@@ -178,7 +183,8 @@ def _serve(args: argparse.Namespace) -> None:
             supervisor.start()
         except EmbeddedTritonError as error:  # a taken port, a missing binary: the message says what to do
             raise CliError(str(error)) from None
-        settings = Settings(**{**vars(settings), "triton_url": triton.grpc_url})
+        settings = replace(settings, triton_url=triton.grpc_url,
+                           triton_shared_memory=settings.shares_memory(embedded=True))
     try:
         serve(create_app(settings, on_ready=_announce(settings), health=health), settings)
     finally:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from openpi_triton.cli.options import CliError
-from openpi_triton.config import CPU_CONFIG_NAME, DEFAULT_MODEL_REPOSITORY, DEFAULT_POLICY, core_onnx_path
+from openpi_triton.config import CPU_CONFIG_NAME, DEFAULT_MODEL_REPOSITORY, DEFAULT_POLICY, FRONT_PORT, core_onnx_path
 from openpi_triton.example_observations import FORMATS
 
 
@@ -67,7 +67,7 @@ def register_client(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=sorted(FORMATS), default=DEFAULT_POLICY, help="observation format to send")
     p.add_argument("--policy", help="policy to ask (default: the one named like the format)")
     p.add_argument("--host", default="localhost")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=FRONT_PORT)
     p.add_argument("--api-key", default=None)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic observations")

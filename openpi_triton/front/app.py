@@ -20,25 +20,18 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from openpi_triton.config import Settings
+from openpi_triton.config import GRACEFUL_SHUTDOWN_S, WS_PING_INTERVAL_S, WS_PING_TIMEOUT_S, Settings
 from openpi_triton.front.auth import is_authorized
 from openpi_triton.front.drain import Drain, DrainingServer
 from openpi_triton.front.metrics import FrontMetrics
+from openpi_triton.front.readiness import Readiness
 from openpi_triton.front.session import RobotConnection
-from openpi_triton.triton.client import Backend
+from openpi_triton.triton.backend import Backend
 from openpi_triton.triton.health import Health
 from openpi_triton.triton.policy import Policy
 from openpi_triton.triton.replicas import ReplicaPool
 
 log = logging.getLogger("openpi_triton.front")
-
-# Pings find dead robots (a client that vanished without closing) within 80 s; the timeout is generous
-# because a robot's event loop may be busy for a while between frames.
-WS_PING_INTERVAL_S = 20.0
-WS_PING_TIMEOUT_S = 60.0
-# After the drain, how long uvicorn waits for requests still running before it cancels them.
-GRACEFUL_SHUTDOWN_S = 5.0
-
 
 def create_app(settings: Settings, backend: Backend | None = None,
                on_ready: Callable[[dict[str, Policy]], None] | None = None, health: Health | None = None) -> Starlette:
@@ -50,34 +43,42 @@ def create_app(settings: Settings, backend: Backend | None = None,
         if settings.triton_url is None:
             raise ValueError("the front needs a Triton URL (settings.triton_url) or a backend")
         backend = pool = ReplicaPool(
-            settings.triton_url, settings.triton_timeout_s, settings.triton_shared_memory, health=health,
+            settings.triton_url, settings.triton_timeout_s, settings.shares_memory(embedded=False), health=health,
             resolve_interval_s=settings.triton_resolve_interval_s, check_interval_s=settings.triton_check_interval_s)
     metrics = FrontMetrics(getattr(backend, "health", health), pool)
     if pool is not None:
         pool.on_call = metrics.replica_call
+        pool.on_leave = metrics.forget_replica
     drain = Drain()
+    readiness = Readiness(backend, settings.default_policy)
     open_connections = 0
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if pool is not None:
-            await pool.start()
-        policies = await backend.discover(force=True)
         gr00t = None
-        if settings.gr00t_port is not None:  # GR00T clients on the same backend, so batched with the robots here
-            from openpi_triton.front.gr00t.server import Gr00tServer  # needs pyzmq: the 'gr00t' extra
-
-            gr00t = Gr00tServer(settings, backend, metrics, drain)
-            await gr00t.start()
-        app.state.gr00t = gr00t
-        if on_ready is not None:
-            on_ready(policies)
+        # Whatever fails on the way up (a taken GR00T port), what started is stopped and the backend closed:
+        # no watcher task or channel outlives the app.
         try:
+            if pool is not None:
+                await pool.start()
+            policies = await backend.discover(force=True)
+            await readiness.start()
+            if settings.gr00t_port is not None:  # GR00T clients on the same backend, so batched with the robots
+                from openpi_triton.front.gr00t.server import Gr00tServer  # needs pyzmq: the 'gr00t' extra
+
+                gr00t = Gr00tServer(settings, backend, metrics, drain)
+                await gr00t.start()
+            app.state.gr00t = gr00t
+            if on_ready is not None:
+                on_ready(policies)
             yield
         finally:
-            if gr00t is not None:
-                await gr00t.stop()
-            await backend.close()
+            try:
+                await readiness.stop()
+                if gr00t is not None:
+                    await gr00t.stop()
+            finally:
+                await backend.close()
 
     async def refuse(websocket: WebSocket, status: int, reason: str, metric: str) -> None:
         metrics.rejected.labels(metric).inc()
@@ -124,12 +125,15 @@ def create_app(settings: Settings, backend: Backend | None = None,
         return PlainTextResponse("OK\n")
 
     async def readyz(request: Request) -> Response:
+        """From the state `readiness` keeps: never a call to Triton here."""
         if drain.draining:
             return PlainTextResponse("shutting down: draining robot connections\n", status_code=503)
-        # The default policy first, then every other one: a policy whose model is down is named.
-        names = [settings.default_policy, *sorted(set(backend.policies) - {settings.default_policy})]
-        ready, reason = await backend.readiness(names)
-        return PlainTextResponse(reason + "\n", status_code=200 if ready else 503)
+        name = request.query_params.get("policy")
+        if name is not None and name not in readiness.names():
+            known = ", ".join(sorted(backend.policies)) or "none (is Triton up?)"
+            return PlainTextResponse(f"unknown policy {name!r}; available policies: {known}\n", status_code=404)
+        state = readiness.front() if name is None else readiness.of(name)
+        return PlainTextResponse(state.reason + "\n", status_code=200 if state.ready else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -154,6 +158,7 @@ def create_app(settings: Settings, backend: Backend | None = None,
     app.state.backend = backend
     app.state.metrics = metrics
     app.state.drain = drain
+    app.state.readiness = readiness
     return app
 
 

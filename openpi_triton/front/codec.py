@@ -29,6 +29,15 @@ class ProtocolError(ValueError):
     """A frame the server cannot accept; the message says what and where, for the client to read."""
 
 
+class Refused(Exception):
+    """A request (a websocket frame, a GR00T message) that gets an error text instead of an answer;
+    `outcome` is its metrics label."""
+
+    def __init__(self, text: str, outcome: str) -> None:
+        super().__init__(text)
+        self.text, self.outcome = text, outcome
+
+
 def text(value: Any) -> Any:
     """A msgpack bin key or value as str (lenient: bad UTF-8 becomes U+FFFD); other values as they are."""
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

@@ -8,14 +8,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from openpi_triton.triton.backend import Replicas
 from openpi_triton.triton.health import Health
-from openpi_triton.triton.replicas import ReplicaPool
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class FrontMetrics:
-    def __init__(self, health: Health | None = None, replicas: ReplicaPool | None = None) -> None:
+    def __init__(self, health: Health | None = None, replicas: Replicas | None = None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "openpi_triton_requests", "Requests by policy, endpoint, outcome and protocol (openpi: websocket, "
@@ -46,6 +46,7 @@ class FrontMetrics:
             "client refused for the connection limit)", ["reason"],
             registry=self.registry,
         )
+        self._replica_outcomes: dict[str, set[str]] = {}  # the labels of each replica's series
         if health is not None:
             self.registry.register(HealthCollector(health))
         if replicas is not None:
@@ -53,14 +54,22 @@ class FrontMetrics:
 
     def replica_call(self, replica: str, outcome: str, seconds: float) -> None:
         self.replica_requests.labels(replica, outcome).inc()
+        self._replica_outcomes.setdefault(replica, set()).add(outcome)
         if outcome == "ok":
             self.replica_latency.labels(replica).observe(seconds)
+
+    def forget_replica(self, replica: str) -> None:
+        """A replica left the pool for good: its series go (pod churn must not grow the label sets forever)."""
+        for outcome in self._replica_outcomes.pop(replica, ()):
+            self.replica_requests.remove(replica, outcome)
+            if outcome == "ok":
+                self.replica_latency.remove(replica)
 
 
 class ReplicaCollector(Collector):
     """Each current Triton replica's readiness and calls in flight, read from the pool at each scrape."""
 
-    def __init__(self, pool: ReplicaPool) -> None:
+    def __init__(self, pool: Replicas) -> None:
         self.pool = pool
 
     def collect(self) -> Iterator[GaugeMetricFamily]:

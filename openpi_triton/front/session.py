@@ -18,11 +18,11 @@ from starlette import status
 from starlette.websockets import WebSocket
 
 from openpi_triton.config import Settings
-from openpi_triton.front.codec import ProtocolError, decode_frame, encode
+from openpi_triton.front.codec import ProtocolError, Refused, decode_frame, encode
 from openpi_triton.front.drain import Drain
 from openpi_triton.front.metrics import FrontMetrics
 from openpi_triton.front.observations import nonfinite_answer, observation_to_tensors, unbatch
-from openpi_triton.triton.client import Backend, BackendRejected, BackendUnavailable, SequenceFlags, SequenceLost
+from openpi_triton.triton.backend import Backend, BackendRejected, BackendUnavailable, SequenceFlags, SequenceLost
 from openpi_triton.triton.policy import Policy
 
 log = logging.getLogger("openpi_triton.front")
@@ -46,14 +46,6 @@ class Session:
     @property
     def is_first_call(self) -> bool:
         return self.calls == 0
-
-
-class Refused(Exception):
-    """A frame that gets an error text instead of an answer."""
-
-    def __init__(self, text: str, outcome: str) -> None:
-        super().__init__(text)
-        self.text, self.outcome = text, outcome
 
 
 def _preview(value: Any) -> str:

@@ -18,10 +18,11 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
+from openpi_triton.config import GR00T_GENERATIONS, GR00T_N15, GR00T_N16, GR00T_PORT
 from openpi_triton.example_observations import Observation, make_observations
 from openpi_triton.loadgen.fleet import ChannelBroken, ServerError
 
-GENERATIONS = ("n1.5", "n1.6")
+GENERATIONS = GR00T_GENERATIONS
 OBSERVATION_POOL = 8
 
 
@@ -72,7 +73,7 @@ def action_data(observation: Observation, generation: str, environments: int | N
     if generation not in GENERATIONS:
         raise ValueError(f"generation must be one of {GENERATIONS}, got {generation!r}")
     envs = environments or 1
-    if generation == "n1.5":
+    if generation == GR00T_N15:
         flat = {key: value if environments is None else _batched(value, envs) for key, value in observation.items()
                 if not isinstance(value, str)}
         flat.update({key: [value] * envs for key, value in observation.items() if isinstance(value, str)})
@@ -90,7 +91,7 @@ def action_data(observation: Observation, generation: str, environments: int | N
 class Gr00tClient:
     """A blocking client, as GR00T's own (one REQ socket; `timeout_ms` applied, as its newest clients do)."""
 
-    def __init__(self, host: str = "localhost", port: int = 5555, api_token: str | None = None,
+    def __init__(self, host: str = "localhost", port: int = GR00T_PORT, api_token: str | None = None,
                  timeout_ms: int = 15000) -> None:
         self.address, self.api_token, self.timeout_ms = f"tcp://{host}:{port}", api_token, timeout_ms
         self.context = zmq.Context()
@@ -123,7 +124,7 @@ class Gr00tClient:
     def get_modality_config(self) -> dict[str, Any]:
         return self.call("get_modality_config")
 
-    def get_action(self, observation: Observation, generation: str = "n1.6", environments: int | None = None) -> Any:
+    def get_action(self, observation: Observation, generation: str = GR00T_N16, environments: int | None = None) -> Any:
         return self.call("get_action", action_data(observation, generation, environments))
 
     def reset(self) -> Any:
@@ -168,7 +169,7 @@ class Gr00tChannel:
         self.socket.close(linger=0)
 
 
-def encode_requests(format_name: str, generation: str = "n1.6", count: int = OBSERVATION_POOL, seed: int = 0,
+def encode_requests(format_name: str, generation: str = GR00T_N16, count: int = OBSERVATION_POOL, seed: int = 0,
                     api_token: str | None = None) -> list[bytes]:
-    return [pack_request("get_action", action_data(obs, generation, 1 if generation == "n1.6" else None), api_token)
+    return [pack_request("get_action", action_data(obs, generation, 1 if generation == GR00T_N16 else None), api_token)
             for obs in make_observations(format_name, count, seed)]

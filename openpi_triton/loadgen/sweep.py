@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from openpi_triton.config import DEFAULT_POLICY
+from openpi_triton.config import DEFAULT_POLICY, GR00T_N16
 from openpi_triton.example_observations import describe, make_observations
 from openpi_triton.loadgen.fleet import drive_fleet
 from openpi_triton.loadgen.schedule import Schedule
@@ -59,7 +59,7 @@ class LoadgenConfig:
     seed: int = 0
     progress: bool = True
     protocol: str = "openpi"  # or "gr00t": GR00T clients (ZeroMQ) at a tcp:// URL
-    gr00t_generation: str = "n1.6"
+    gr00t_generation: str = GR00T_N16
 
 
 def run_sweep(config: LoadgenConfig) -> list[PointResult]:

@@ -1,7 +1,7 @@
 """One Triton server as the front sees it: policy discovery, readiness and inference over gRPC (asyncio).
 
-`Backend` is what the front needs from its policy backend; `TritonBackend` is one Triton server, and
-`replicas.ReplicaPool` routes over several of them.
+`TritonBackend` implements `backend.Backend` for one Triton server, and `replicas.ReplicaPool` routes over
+several of them.
 """
 
 from __future__ import annotations
@@ -11,17 +11,17 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from openpi_triton.config import REDISCOVER_INTERVAL_S, SHARED_MEMORY_BUDGET_BYTES, TRITON_TIMEOUT_S
+from openpi_triton.triton.backend import BackendRejected, BackendUnavailable, SequenceFlags, SequenceLost
+from openpi_triton.triton.grpc_tensors import infer_input
 from openpi_triton.triton.health import Health, unhealthy_stub_model
 from openpi_triton.triton.policy import Policy, PolicyConfigError, is_policy, policy_from_config
 from openpi_triton.triton.shared_memory import SharedMemoryPool, large_tensors
-from openpi_triton.triton.tensors import infer_input
 
 log = logging.getLogger("openpi_triton.backend")
 
@@ -34,12 +34,11 @@ _CHANNEL_ARGS = [
     ("grpc.min_reconnect_backoff_ms", 250),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
-# Readiness checks get a channel of their own (its own subchannels too): checks made while a Triton is down
-# put their channel into reconnect backoff, and on the calls' channel the first call after Triton is back
-# would then fail at once.
+# Checks, readiness and discovery get a channel of their own (its own subchannels too): calls made while a
+# Triton is down put their channel into reconnect backoff, and on the inference channel the first call after
+# Triton is back would then fail at once. /readyz's background refresher makes such calls every second.
 _CHECK_CHANNEL_ARGS = [*_CHANNEL_ARGS, ("grpc.use_local_subchannel_pool", 1)]
 _UNAVAILABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED")
-_REDISCOVER_INTERVAL_S = 2.0
 _FORGOTTEN_REGION = "Unable to find shared memory region"  # what Triton says after a restart
 # What Triton answers while a model is being loaded, or the server is starting and has not loaded it yet:
 # the model exists (the front discovered it), so these are outages, not the robot's fault.
@@ -53,59 +52,10 @@ def _no_answer(error: InferenceServerException) -> bool:
     return (error.status() or "") in _UNAVAILABLE or "Deadline" in (error.message() or "")
 
 
-class BackendUnavailable(RuntimeError):
-    """Triton cannot be reached, did not answer in time, or the policy's models are down.
-
-    `unreachable`: the server did not take the call (connection refused or lost): it is down. `timed_out`:
-    no answer within the call's limit, and the request may still run there. Otherwise the policy's models
-    are down on that server and nothing ran."""
-
-    def __init__(self, message: str, unreachable: bool = False, timed_out: bool = False) -> None:
-        super().__init__(message)
-        self.unreachable, self.timed_out = unreachable, timed_out
-
-
-class BackendRejected(RuntimeError):
-    """Triton answered with an error for this request (bad tensor, model failure)."""
-
-
-class SequenceLost(BackendRejected):
-    """A stateful session's Triton sequence is gone: the policy's state restarted. The message says why."""
-
-
-@dataclass(frozen=True)
-class SequenceFlags:
-    """Triton sequence flags for one call of a stateful policy."""
-
-    id: int
-    start: bool = False
-    end: bool = False
-
-
-class Backend(Protocol):
-    """What the front asks of the policy backend."""
-
-    @property
-    def policies(self) -> dict[str, Policy]: ...
-
-    config_errors: dict[str, str]
-
-    async def discover(self, force: bool = False) -> dict[str, Policy]: ...
-
-    async def policy(self, name: str) -> Policy | None: ...
-
-    async def readiness(self, names: list[str]) -> tuple[bool, str]: ...
-
-    async def infer(self, policy: Policy, tensors: Mapping[str, np.ndarray], request_id: str,
-                    sequence: SequenceFlags | None = None) -> dict[str, np.ndarray]: ...
-
-    async def close(self) -> None: ...
-
-
 class TritonBackend:
     """`shared_memory`: pass camera frames to Triton through system shared memory (same host only)."""
 
-    def __init__(self, url: str, timeout_s: float = 10.0, shared_memory: bool = False,
+    def __init__(self, url: str, timeout_s: float = TRITON_TIMEOUT_S, shared_memory: bool = False,
                  health: Health | None = None) -> None:
         self.url = url
         self.health = health if health is not None else Health()
@@ -125,6 +75,15 @@ class TritonBackend:
             self._client = grpcclient.InferenceServerClient(self.url, channel_args=_CHANNEL_ARGS)
         return self._client
 
+    @property
+    def check_client(self) -> grpcclient.InferenceServerClient:
+        """The channel of every call but inference (checks, readiness, discovery): calls made while a Triton
+        is down put their channel into reconnect backoff, and the first inference after Triton is back must
+        not fail for it."""
+        if self._check_client is None:
+            self._check_client = grpcclient.InferenceServerClient(self.url, channel_args=_CHECK_CHANNEL_ARGS)
+        return self._check_client
+
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()
@@ -141,16 +100,17 @@ class TritonBackend:
     async def discover(self, force: bool = False) -> dict[str, Policy]:
         """(Re)read the policies from Triton's ready models; rate-limited unless forced."""
         async with self._lock:
-            if not force and time.monotonic() - self._discovered_at < _REDISCOVER_INTERVAL_S:
+            if not force and time.monotonic() - self._discovered_at < REDISCOVER_INTERVAL_S:
                 return self.policies
             self._discovered_at = time.monotonic()
             try:
-                index = await self.client.get_model_repository_index(as_json=True, client_timeout=self.timeout_s)
+                index = await self.check_client.get_model_repository_index(
+                    as_json=True, client_timeout=self.timeout_s)
                 found, errors = {}, {}
                 for model in index.get("models", []):
                     if model.get("state") != "READY":
                         continue
-                    config = (await self.client.get_model_config(
+                    config = (await self.check_client.get_model_config(
                         model["name"], as_json=True, client_timeout=self.timeout_s))["config"]
                     if not is_policy(config):
                         continue
@@ -185,7 +145,7 @@ class TritonBackend:
                  if name in self._policies and (problem := self.problem(self._policies[name]))]
         if known:
             return False, "; ".join(known)
-        server = await self._server_problem(self.client, self.timeout_s)
+        server = await self._server_problem(self.check_client, self.timeout_s)
         if server is not None:
             return False, server
         try:
@@ -195,7 +155,7 @@ class TritonBackend:
                 if name not in self._policies:
                     reason = self.config_errors.get(name, "no such model with a policy_server_config parameter")
                     problems.append(f"policy {name!r} is not available: {reason}")
-                elif not await self.client.is_model_ready(name, client_timeout=self.timeout_s):
+                elif not await self.check_client.is_model_ready(name, client_timeout=self.timeout_s):
                     problems.append(f"policy {name!r}: model not ready in Triton")
         except InferenceServerException as error:
             return False, f"Triton at {self.url} is unreachable: {error.message()}"
@@ -204,9 +164,7 @@ class TritonBackend:
     async def check(self, timeout_s: float) -> str | None:
         """Why this Triton cannot take calls now, or None: the background check of a replica, on a channel
         of its own."""
-        if self._check_client is None:
-            self._check_client = grpcclient.InferenceServerClient(self.url, channel_args=_CHECK_CHANNEL_ARGS)
-        return await self._server_problem(self._check_client, timeout_s)
+        return await self._server_problem(self.check_client, timeout_s)
 
     async def _server_problem(self, client: grpcclient.InferenceServerClient, timeout_s: float) -> str | None:
         """Unreachable, or not ready (with --strict-readiness, until every model is), or None."""
@@ -220,7 +178,7 @@ class TritonBackend:
     async def _models_not_ready(self) -> str:
         """Which models keep a not-ready Triton from being ready (it is only ready when all of them are)."""
         with contextlib.suppress(InferenceServerException):
-            index = await self.client.get_model_repository_index(as_json=True, client_timeout=self.timeout_s)
+            index = await self.check_client.get_model_repository_index(as_json=True, client_timeout=self.timeout_s)
             waiting = [f"{m['name']} ({m.get('state', 'UNKNOWN')})" for m in index.get("models", [])
                        if m.get("state") != "READY"]
             if waiting:
@@ -299,6 +257,6 @@ class TritonBackend:
 
     def _shared_memory_pool(self) -> SharedMemoryPool:
         if self._pool is None:
-            self._pool = SharedMemoryPool(self.client)
+            self._pool = SharedMemoryPool(self.client, SHARED_MEMORY_BUDGET_BYTES)
         return self._pool
 

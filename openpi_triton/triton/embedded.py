@@ -24,8 +24,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from openpi_triton.config import CPU_CONFIG_NAME, TRITON_GRPC_PORT, TRITON_HTTP_PORT, TRITON_METRICS_PORT
-from openpi_triton.process import Child, ChildFailed, command_line, group_members, port_is_free, url_answers
+from openpi_triton.config import (
+    CPU_CONFIG_NAME,
+    TRITON_GRPC_PORT,
+    TRITON_HTTP_PORT,
+    TRITON_METRICS_PORT,
+    TRITON_RELOAD_TIMEOUT_S,
+    TRITON_STARTUP_TIMEOUT_S,
+)
+from openpi_triton.process import Child, ChildFailed, command_line, group_members, port_is_free
 
 SHARED_MEMORY_DIR = Path("/dev/shm")
 STUB_NAME = "triton_python_backend_stub"
@@ -122,15 +129,9 @@ class EmbeddedTriton:
     metrics_port: int = TRITON_METRICS_PORT
     host: str = "127.0.0.1"
     model_config_name: str = CPU_CONFIG_NAME
-    log_verbose: int = 0
-    startup_timeout_s: float = 180.0
-    # Explicit model control (every model loaded at start) is what lets a model be unloaded and loaded
-    # again, the only way Triton 2.51 respawns a python stub that died.
-    explicit_model_control: bool = True
     # How long tritonserver waits for models to unload on SIGTERM; past it, it exits anyway. Its default,
     # 30 s, is all spent waiting for a model whose stub is dead.
     exit_timeout_s: float = 5.0
-    extra_args: Sequence[str] = ()
     # A tritonserver directory other than the nvidia-pytriton wheel's (`find_triton`).
     tritonserver: Path | None = None
     child: Child | None = field(default=None, init=False)
@@ -165,11 +166,12 @@ class EmbeddedTriton:
             "--strict-readiness=true",
             f"--exit-timeout-secs={max(1, round(self.exit_timeout_s))}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
-            f"--log-verbose={self.log_verbose}",
+            # Explicit model control (every model loaded at start) is what lets a model be unloaded and
+            # loaded again, the only way Triton 2.51 respawns a python stub that died.
+            "--model-control-mode=explicit",
+            "--load-model=*",
         ]
-        if self.explicit_model_control:
-            args += ["--model-control-mode=explicit", "--load-model=*"]
-        return [*args, *self.extra_args]
+        return args
 
     def start(self, cancelled: Callable[[], bool] | None = None) -> EmbeddedTriton:
         """Start and wait until every model is ready; `cancelled()` true aborts the wait (and the server)."""
@@ -192,7 +194,7 @@ class EmbeddedTriton:
         self.shm_prefix = f"tritonpb_{secrets.token_hex(6)}_"
         self.child = Child.start("tritonserver", self.command(install), env=_stub_environment(install))
         try:
-            self.child.wait_ready(f"{self.http_url}/v2/health/ready", self.startup_timeout_s, cancelled)
+            self.child.wait_ready(f"{self.http_url}/v2/health/ready", TRITON_STARTUP_TIMEOUT_S, cancelled)
         except ChildFailed as error:
             self.stop()
             raise EmbeddedTritonError(str(error)) from None
@@ -200,9 +202,6 @@ class EmbeddedTriton:
             self.stop()
             raise
         return self
-
-    def is_ready(self) -> bool:
-        return url_answers(f"{self.http_url}/v2/health/ready")
 
     def exited(self) -> bool:
         """tritonserver was started and has exited since (`stop` cleans up after it)."""
@@ -216,7 +215,7 @@ class EmbeddedTriton:
         """The live python-backend stubs of this server: pid -> the model it runs."""
         return {} if self.child is None else python_stubs_of(self.child.pid)
 
-    def reload_model(self, name: str, timeout_s: float = 120.0) -> None:
+    def reload_model(self, name: str, timeout_s: float = TRITON_RELOAD_TIMEOUT_S) -> None:
         """Unload `name` and load it again, which starts fresh python stubs for it.
 
         Loading a model that is already loaded does nothing when neither its files nor its config changed

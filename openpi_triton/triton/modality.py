@@ -17,10 +17,7 @@ H = len(delta_indices) of the actions, usually cuts of the core's actions (`outp
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from openpi_triton.triton.policy import Policy
+from typing import Any
 
 MODALITIES = ("video", "state", "action", "language")
 # Fields N1.6 clients read besides the two every generation has; passed on as the repository gives them.
@@ -74,40 +71,13 @@ def _modality(name: str, raw: Any) -> Modality:
     return Modality(tuple(deltas), tuple(keys), {k: raw[k] for k in EXTRA_FIELDS if k in raw})
 
 
-def modality_from_parameter(raw: Any, policy: Policy) -> ModalityConfig:
-    """Parse the parameter and check it against `policy`; ValueError says what does not fit."""
+def parse_modality_config(raw: Any) -> ModalityConfig:
+    """Parse the parameter on its own (`policy.policy_from_config` checks it against the policy's inputs
+    and outputs); ValueError says what is wrong."""
     if not isinstance(raw, dict) or set(raw) != set(MODALITIES):
         got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
         raise ValueError(f"must be a JSON object with exactly {list(MODALITIES)}, got {got}")
     config = ModalityConfig(**{name: _modality(name, raw[name]) for name in MODALITIES})
     if len(config.language.keys) != 1:
         raise ValueError(f"needs exactly one language key (as GR00T policies take), got {list(config.language.keys)}")
-    inputs = {spec.key: spec for spec in policy.inputs}
-    sent = set()
-    for name, rank, what in (("video", 4, "[T, H, W, 3]"), ("state", 2, "[T, D]")):
-        modality = config.modality(name)
-        for key in modality.keys:
-            flat = observation_key(name, key)
-            spec = inputs.get(flat)
-            if spec is None or spec.datatype == "BYTES":
-                raise ValueError(f"{name} key {key!r}: the policy has no numeric observation {flat!r}")
-            if len(spec.dims) != rank or spec.dims[0] not in (-1, modality.history):
-                raise ValueError(f"{name} key {key!r}: observation {flat!r} has dims {list(spec.dims)}, GR00T "
-                                 f"sends {what} with T = {modality.history} (len of delta_indices)")
-            sent.add(flat)
-    language = inputs.get(config.language_key)
-    if language is None or language.datatype != "BYTES":
-        raise ValueError(f"language key {config.language_key!r} is not a string observation of the policy")
-    sent.add(config.language_key)
-    unsent = [key for key in policy.required_keys if key not in sent]
-    if unsent:
-        raise ValueError(f"the policy needs observations {unsent} that no modality key provides")
-    for key in config.action.keys:
-        flat = observation_key("action", key)
-        if flat not in policy.outputs:
-            raise ValueError(f"action key {key!r}: 'output_map' has no {flat!r}")
-        horizon = policy.slices.get(flat, (None,))[0]
-        if horizon != config.action.history:
-            raise ValueError(f"action key {key!r}: {flat!r} needs a slice whose horizon is {config.action.history} "
-                             f"(len of action delta_indices), got {list(policy.slices.get(flat, ())) or 'none'}")
     return config

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from openpi_triton.triton.modality import ModalityConfig, modality_from_parameter
+from openpi_triton.triton.modality import ModalityConfig, observation_key, parse_modality_config
 from openpi_triton.triton.tensors import TRITON_DTYPES, triton_datatype
 
 
@@ -166,7 +166,8 @@ def policy_from_config(config: Mapping[str, Any]) -> Policy:
     if "gr00t_modality_config" not in params:
         return policy
     try:
-        modality = modality_from_parameter(_json_parameter(params, "gr00t_modality_config", name, None), policy)
+        modality = parse_modality_config(_json_parameter(params, "gr00t_modality_config", name, None))
+        _check_modality(modality, policy)
     except ValueError as error:
         raise PolicyConfigError(f"model {name!r}: 'gr00t_modality_config' {error}") from None
     return replace(policy, modality=modality)
@@ -196,3 +197,36 @@ def _offset(model: str, key: str, starts: Any, sizes: tuple[int, ...], dims: tup
         raise PolicyConfigError(f"model {model!r}: 'output_map' {key!r} slice {list(sizes)} at offset {starts} "
                                 f"does not fit the output's dims {list(dims)}")
     return (*starts, *[0] * (len(sizes) - len(starts)))
+
+
+def _check_modality(config: ModalityConfig, policy: Policy) -> None:
+    """That what GR00T clients are told to send feeds `policy`, and its action keys are outputs of the
+    right horizon; ValueError says what does not fit."""
+    inputs = {spec.key: spec for spec in policy.inputs}
+    sent = set()
+    for name, rank, what in (("video", 4, "[T, H, W, 3]"), ("state", 2, "[T, D]")):
+        modality = config.modality(name)
+        for key in modality.keys:
+            flat = observation_key(name, key)
+            spec = inputs.get(flat)
+            if spec is None or spec.datatype == "BYTES":
+                raise ValueError(f"{name} key {key!r}: the policy has no numeric observation {flat!r}")
+            if len(spec.dims) != rank or spec.dims[0] not in (-1, modality.history):
+                raise ValueError(f"{name} key {key!r}: observation {flat!r} has dims {list(spec.dims)}, GR00T "
+                                 f"sends {what} with T = {modality.history} (len of delta_indices)")
+            sent.add(flat)
+    language = inputs.get(config.language_key)
+    if language is None or language.datatype != "BYTES":
+        raise ValueError(f"language key {config.language_key!r} is not a string observation of the policy")
+    sent.add(config.language_key)
+    unsent = [key for key in policy.required_keys if key not in sent]
+    if unsent:
+        raise ValueError(f"the policy needs observations {unsent} that no modality key provides")
+    for key in config.action.keys:
+        flat = observation_key("action", key)
+        if flat not in policy.outputs:
+            raise ValueError(f"action key {key!r}: 'output_map' has no {flat!r}")
+        horizon = policy.slices.get(flat, (None,))[0]
+        if horizon != config.action.history:
+            raise ValueError(f"action key {key!r}: {flat!r} needs a slice whose horizon is {config.action.history} "
+                             f"(len of action delta_indices), got {list(policy.slices.get(flat, ())) or 'none'}")

@@ -1,241 +1,45 @@
-"""The front's Triton replicas: one `TritonBackend` per address that --triton-url names or resolves to,
-watched in the background, and the routing of calls over them. `ReplicaPool` is the `Backend` the front
-uses.
+"""`ReplicaPool`, the `Backend` the front uses: calls routed over the Triton replicas of a `ReplicaSet`.
 
-- Stateless policies go to the ready replica with the fewest calls in flight. A call that fails without
-  running (its replica unreachable, or the policy's models down there) is retried once on another ready
-  replica, so a robot sees no error when one replica dies between its steps.
-- A stateful session's Triton sequence starts on the least busy ready replica and stays there. When that
-  replica goes away (it left DNS, a call found it unreachable while another replica is ready, or its
-  checks have failed for longer than a call may take), the session's next call raises SequenceLost, and
-  its next sequence starts on another replica.
-- Names are re-resolved every `resolve_interval_s`; each replica's readiness is checked every
-  `check_interval_s`.
-
-One IP address (the embedded tritonserver, or any single Triton) is one replica for good, sharing the
-caller's `Health`: its calls, errors and /readyz read as they did before there were replicas.
+- Stateless policies go to the ready replica with the fewest calls in flight (`routing`). A call that
+  fails without running (its replica unreachable, or the policy's models down there) is retried once on
+  another ready replica, so a robot sees no error when one replica dies between its steps.
+- A stateful session's Triton sequence starts on the least busy ready replica and stays there
+  (`affinity`). When that replica goes away (it left DNS, a call found it unreachable while another
+  replica is ready, or its checks have failed for longer than a call may take), the session's next call
+  raises SequenceLost, and its next sequence starts on another replica.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 import logging
-import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 
 import numpy as np
 
-from openpi_triton.triton.addresses import Target, parse_targets, resolve
-from openpi_triton.triton.client import BackendRejected, BackendUnavailable, SequenceFlags, SequenceLost, TritonBackend
+from openpi_triton.config import TRITON_CHECK_INTERVAL_S, TRITON_RESOLVE_INTERVAL_S, TRITON_TIMEOUT_S
+from openpi_triton.triton.addresses import resolve
+from openpi_triton.triton.affinity import SequenceAffinity
+from openpi_triton.triton.backend import BackendUnavailable, SequenceFlags, SequenceLost
 from openpi_triton.triton.health import Health
 from openpi_triton.triton.policy import Policy
+from openpi_triton.triton.replica_set import Replica, ReplicaSet, Resolver
+from openpi_triton.triton.routing import CallObserver, call, pick
 
 log = logging.getLogger("openpi_triton.replicas")
 
-# A readiness check answers at once on a live Triton (its health service does not wait for the models).
-CHECK_TIMEOUT_S = 2.0
-# Failed checks in a row that take a ready replica out of routing: one slow answer from a busy machine is
-# not an outage. (A call that finds a replica unreachable takes it out at once.)
-CHECK_FAILURES_DOWN = 2
 
-Resolver = Callable[[Target], Awaitable["list[str] | None"]]
-# (replica address, outcome, seconds) of every call: the front's per-replica metrics.
-CallObserver = Callable[[str, str, float], None]
-
-
-@dataclass
-class Replica:
-    address: str
-    backend: TritonBackend
-    ready: bool = False
-    problem: str = "not checked yet"
-    down_since: float = field(default_factory=time.monotonic)
-    failed_at: float = float("-inf")  # the last call that found it unreachable
-    failed_checks: int = 0  # in a row
-    outstanding: int = 0
-    retired: str = ""  # why it left the pool; its sessions move, its channel closes once idle
-
-    def set_problem(self, problem: str | None) -> None:
-        if problem is None and not self.ready:
-            log.info("Triton replica ready", extra={"replica": self.address})
-        elif problem is not None and self.ready:
-            log.error("Triton replica down", extra={"replica": self.address, "reason": problem})
-            self.down_since = time.monotonic()
-        self.ready, self.problem = problem is None, problem or "ready"
-
-    def serves(self, policy: Policy) -> bool:
-        return policy.name in self.backend.policies
-
-
-@dataclass(frozen=True)
-class ReplicaStatus:
-    address: str
-    ready: bool
-    outstanding: int
-    problem: str
-
-
-class ReplicaPool:
+class ReplicaPool(ReplicaSet):
     """`url`: --triton-url (one or more host:port, comma-separated). `health`: the supervisor's, shared
     when `url` is one IP address; every other replica keeps its own."""
 
-    def __init__(self, url: str, timeout_s: float = 10.0, shared_memory: bool = False, health: Health | None = None,
-                 resolve_interval_s: float = 5.0, check_interval_s: float = 1.0, resolver: Resolver = resolve) -> None:
-        self.targets = parse_targets(url)
-        self.timeout_s, self.shared_memory = timeout_s, shared_memory
-        self.resolve_interval_s, self.check_interval_s = resolve_interval_s, check_interval_s
-        self.health = health if health is not None else Health()
-        self.single = len(self.targets) == 1 and self.targets[0].literal
+    def __init__(self, url: str, timeout_s: float = TRITON_TIMEOUT_S, shared_memory: bool = False,
+                 health: Health | None = None, resolve_interval_s: float = TRITON_RESOLVE_INTERVAL_S,
+                 check_interval_s: float = TRITON_CHECK_INTERVAL_S, resolver: Resolver = resolve) -> None:
+        super().__init__(url, timeout_s, shared_memory, health, resolve_interval_s, check_interval_s, resolver)
         self.on_call: CallObserver | None = None
-        self.config_errors: dict[str, str] = {}
-        self._resolver = resolver
-        self._resolved: dict[Target, list[str]] = {t: [str(t)] for t in self.targets if t.literal}
-        self._dns_problems: dict[Target, str] = {}
-        self._replicas: dict[str, Replica] = {}
-        self._retired: list[Replica] = []
-        self._sequences: dict[int, Replica] = {}  # stateful session (Triton sequence id) -> its replica
-        self._policies: dict[str, Policy] = {}
-        self._turn = itertools.count()
-        self._watcher: asyncio.Task[None] | None = None
-        self._update_replicas()  # IP addresses need no DNS: usable before start()
-
-    # --- the replicas -------------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        """Resolve the names, check every replica, then keep doing both in the background."""
-        await self._resolve()
-        await self._check_all()
-        self._watcher = asyncio.create_task(self._watch(), name="triton-replicas")
-
-    async def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-        for replica in [*self._replicas.values(), *self._retired]:
-            await replica.backend.close()
-        self._replicas.clear()
-        self._retired.clear()
-
-    def replicas(self) -> list[ReplicaStatus]:
-        return [ReplicaStatus(r.address, r.ready, r.outstanding, r.problem) for r in self._replicas.values()]
-
-    async def _watch(self) -> None:
-        next_resolve = time.monotonic() + self.resolve_interval_s
-        while True:
-            await asyncio.sleep(self.check_interval_s)
-            try:
-                if time.monotonic() >= next_resolve:
-                    next_resolve = time.monotonic() + self.resolve_interval_s
-                    await self._resolve()
-                await self._check_all()
-                for replica in [r for r in self._retired if r.outstanding == 0]:
-                    self._retired.remove(replica)
-                    await replica.backend.close()
-            except Exception:  # the watch must outlive whatever went wrong this round
-                log.exception("Triton replica watch round failed")
-
-    async def _resolve(self) -> None:
-        for target in self.targets:
-            if target.literal:
-                continue
-            found = await self._resolver(target)
-            if found is None:
-                log.warning("DNS did not answer; keeping the known addresses", extra={"target": str(target)})
-                continue
-            if found:
-                self._dns_problems.pop(target, None)
-            else:
-                self._dns_problems[target] = f"{target} resolves to no address (no ready Triton behind it?)"
-            if found != self._resolved.get(target):
-                log.info("Triton addresses", extra={"target": str(target), "addresses": found})
-            self._resolved[target] = found
-        self._update_replicas()
-
-    def _update_replicas(self) -> None:
-        wanted = dict.fromkeys(address for target in self.targets for address in self._resolved.get(target, []))
-        for address in wanted:
-            if address not in self._replicas:
-                health = self.health if self.single else Health()
-                backend = TritonBackend(address, self.timeout_s, self.shared_memory, health=health)
-                self._replicas[address] = Replica(address, backend)
-        for address in [a for a in self._replicas if a not in wanted]:
-            replica = self._replicas.pop(address)
-            replica.retired = f"it is no longer among the addresses of {', '.join(map(str, self.targets))}"
-            replica.ready = False
-            log.warning("Triton replica removed", extra={"replica": address, "reason": replica.retired})
-            self._retired.append(replica)
-
-    async def _check_all(self) -> None:
-        await asyncio.gather(*(self._check(replica) for replica in list(self._replicas.values())))
-
-    async def _check(self, replica: Replica) -> None:
-        started = time.monotonic()
-        problem = await replica.backend.check(min(self.timeout_s, CHECK_TIMEOUT_S))
-        if problem is None and not replica.ready:
-            await replica.backend.discover(force=True)  # a new or restarted Triton: what does it serve?
-            self._merge_policies()
-        replica.failed_checks = 0 if problem is None else replica.failed_checks + 1
-        # A call that found it unreachable after this check began knows better than the check.
-        if replica.retired or replica.failed_at >= started:
-            return
-        if problem is None or not replica.ready or replica.failed_checks >= CHECK_FAILURES_DOWN:
-            replica.set_problem(problem)
-
-    # --- policies and readiness ---------------------------------------------------------------------
-
-    @property
-    def policies(self) -> dict[str, Policy]:
-        return dict(self._policies)
-
-    async def discover(self, force: bool = False) -> dict[str, Policy]:
-        replicas = [r for r in self._replicas.values() if r.ready] or list(self._replicas.values())
-        await asyncio.gather(*(replica.backend.discover(force) for replica in replicas))
-        self._merge_policies()
-        return self.policies
-
-    def _merge_policies(self) -> None:
-        """Every policy some replica serves (replicas are meant to serve one model repository)."""
-        policies: dict[str, Policy] = {}
-        errors: dict[str, str] = {}
-        for replica in self._replicas.values():
-            for name, policy in replica.backend.policies.items():
-                policies.setdefault(name, policy)
-            for name, error in replica.backend.config_errors.items():
-                errors.setdefault(name, error)
-        self._policies = policies
-        self.config_errors = {name: error for name, error in errors.items() if name not in policies}
-
-    async def policy(self, name: str) -> Policy | None:
-        if name not in self._policies:
-            await self.discover()
-        return self._policies.get(name)
-
-    async def readiness(self, names: list[str]) -> tuple[bool, str]:
-        """Ready when one replica is ready for every policy; the reason names every replica."""
-        replicas = list(self._replicas.values())
-        if self.single:
-            return await replicas[0].backend.readiness(names)
-        dns = list(self._dns_problems.values())
-        if not replicas:
-            return False, "no Triton replica: " + "; ".join(dns or ["no address resolved yet"])
-
-        async def one(replica: Replica) -> tuple[bool, str]:
-            if not replica.ready:  # known down: no call that could hang on an unreachable address
-                return False, replica.problem
-            return await replica.backend.readiness(names)
-
-        results = await asyncio.gather(*(one(replica) for replica in replicas))
-        ready = sum(ok for ok, _ in results)
-        lines = [f"{ready} of {len(replicas)} Triton replicas ready",
-                 *(f"replica {r.address}: {reason}" for r, (_, reason) in zip(replicas, results, strict=True)),
-                 *dns]
-        return ready > 0, "\n".join(lines)
-
-    # --- calls --------------------------------------------------------------------------------------
+        self._affinity = SequenceAffinity(timeout_s)
+        self._turns = itertools.count()
 
     async def infer(self, policy: Policy, tensors: Mapping[str, np.ndarray], request_id: str,
                     sequence: SequenceFlags | None = None) -> dict[str, np.ndarray]:
@@ -243,21 +47,11 @@ class ReplicaPool:
             return await self._continue_sequence(policy, tensors, request_id, sequence)
         replica, outputs = await self._route(policy, tensors, request_id, sequence)
         if sequence is not None and not sequence.end:
-            self._sequences[sequence.id] = replica
+            self._affinity.started(sequence.id, replica)
         return outputs
 
     def _pick(self, policy: Policy, exclude: Replica | None = None, ready_only: bool = False) -> Replica | None:
-        """The replica with the fewest calls in flight among those ready that serve `policy` (else those
-        ready, else, unless `ready_only`, any: the checks may lag behind a Triton that is back); equals
-        take turns."""
-        replicas = [r for r in self._replicas.values() if r is not exclude]
-        ready = [r for r in replicas if r.ready]
-        candidates = [r for r in ready if r.serves(policy)] or ready or ([] if ready_only else replicas)
-        if not candidates:
-            return None
-        turn = next(self._turn)
-        order = {id(r): (i - turn) % len(candidates) for i, r in enumerate(candidates)}
-        return min(candidates, key=lambda r: (r.outstanding, order[id(r)]))
+        return pick(self._replicas.values(), policy, self._turns, exclude, ready_only)
 
     async def _route(self, policy: Policy, tensors: Mapping[str, np.ndarray], request_id: str,
                      sequence: SequenceFlags | None) -> tuple[Replica, dict[str, np.ndarray]]:
@@ -267,7 +61,7 @@ class ReplicaPool:
             raise BackendUnavailable("policy backend unavailable (no Triton replica: "
                                      + "; ".join(self._dns_problems.values() or ["none resolved yet"]) + ")")
         try:
-            return replica, await self._call(replica, policy, tensors, request_id, sequence)
+            return replica, await call(replica, policy, tensors, request_id, sequence, self.on_call)
         except BackendUnavailable as error:
             other = None if error.timed_out else self._pick(policy, exclude=replica, ready_only=True)
             if other is None:
@@ -275,19 +69,19 @@ class ReplicaPool:
             log.warning("retrying on another Triton replica", extra={
                 "policy": policy.name, "request_id": request_id, "replica": replica.address,
                 "retry_replica": other.address, "error": str(error)})
-            return other, await self._call(other, policy, tensors, request_id, sequence)
+            return other, await call(other, policy, tensors, request_id, sequence, self.on_call)
 
     async def _continue_sequence(self, policy: Policy, tensors: Mapping[str, np.ndarray], request_id: str,
                                  sequence: SequenceFlags) -> dict[str, np.ndarray]:
-        replica = self._sequences.get(sequence.id)
+        replica = self._affinity.held_by(sequence.id)
         try:
             if replica is None:
                 raise SequenceLost("this front does not know which Triton replica held it")
-            gone = self._gone(replica)
+            gone = self._affinity.gone(replica, self._replicas.values())
             if gone:
                 raise SequenceLost(f"the Triton replica that held it, {replica.address}, went away: {gone}")
             try:
-                return await self._call(replica, policy, tensors, request_id, sequence)
+                return await call(replica, policy, tensors, request_id, sequence, self.on_call)
             except BackendUnavailable as error:
                 # Only worth a new sequence when another replica can take it; else the session waits here.
                 if error.unreachable and self._pick(policy, exclude=replica, ready_only=True) is not None:
@@ -295,46 +89,8 @@ class ReplicaPool:
                                        f"{error}") from None
                 raise
         except SequenceLost:
-            self._sequences.pop(sequence.id, None)
+            self._affinity.forget(sequence.id)
             raise
         finally:
             if sequence.end:
-                self._sequences.pop(sequence.id, None)
-
-    def _gone(self, replica: Replica) -> str:
-        """Why a stateful session can no longer count on `replica`, or "". A replica whose checks fail only
-        briefly keeps its sessions: a slow check must not cost a robot its policy state."""
-        if replica.retired:
-            return replica.retired
-        down_long = not replica.ready and time.monotonic() - replica.down_since > self.timeout_s
-        if down_long and any(r.ready for r in self._replicas.values() if r is not replica):
-            return replica.problem
-        return ""
-
-    async def _call(self, replica: Replica, policy: Policy, tensors: Mapping[str, np.ndarray], request_id: str,
-                    sequence: SequenceFlags | None) -> dict[str, np.ndarray]:
-        replica.outstanding += 1
-        started, outcome = time.monotonic(), "error"
-        try:
-            outputs = await replica.backend.infer(policy, tensors, request_id, sequence)
-            outcome = "ok"
-            return outputs
-        except BackendUnavailable as error:
-            outcome = "unreachable" if error.unreachable else "timeout" if error.timed_out else "unavailable"
-            if error.unreachable:  # down until a check finds it ready again
-                replica.failed_at = time.monotonic()
-                replica.set_problem(str(error))
-            raise
-        except SequenceLost:
-            outcome = "sequence_lost"
-            raise
-        except BackendRejected:
-            outcome = "rejected"
-            raise
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            raise
-        finally:
-            replica.outstanding -= 1
-            if self.on_call is not None:
-                self.on_call(replica.address, outcome, time.monotonic() - started)
+                self._affinity.forget(sequence.id)

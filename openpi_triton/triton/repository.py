@@ -1,16 +1,13 @@
 """A model repository on disk, read the way Triton reads it: config.pbtxt files (in the JSON form that
-Triton's `get_model_config(as_json=True)` returns), the policies they declare, and the in-process
-reference pipeline of a format."""
+Triton's `get_model_config(as_json=True)` returns) and the policies they declare. The in-process reference
+pipeline of a format, which needs the policy runtime, is `triton.reference`'s."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from openpi_policy.core import core_settings, load_core
-from openpi_policy.pipeline import Preprocessor
-from openpi_policy.reference_pipeline import ReferencePipeline
-from openpi_triton.config import CPU_CONFIG_NAME, core_onnx_path
+from openpi_policy.core_config import core_settings
 from openpi_triton.triton.policy import Policy, policy_from_config
 
 
@@ -51,18 +48,3 @@ def core_needs_onnx(model_repository: Path, config_name: str) -> bool:
     rather than a network built from code (PyTorch)."""
     core_dir = Path(model_repository) / "policy_core"
     return not core_dir.is_dir() or core_settings(read_model_config(config_path(core_dir, config_name))) is None
-
-
-def load_reference_pipeline(model_repository: Path, policy: str, threads: int | None = None,
-                            config_name: str = CPU_CONFIG_NAME, device: str | None = None) -> ReferencePipeline:
-    """`<policy>_preprocess` -> the policy core that `--model-config-name=<config_name>` serves (ONNX Runtime
-    on model.onnx, or PyTorch on `device`, by default where that config's instances run), configured
-    exactly as the Triton models are. Like the ensemble, it returns the core's actions; `unbatch` with the
-    policy (`policy_from_repository`) cuts the robot's slice, as the front does."""
-    repo = Path(model_repository)
-    pre_dir = repo / f"{policy}_preprocess"
-    core_config = read_model_config(config_path(repo / "policy_core", config_name))
-    return ReferencePipeline(
-        Preprocessor.from_model_config(read_model_config(config_path(pre_dir, config_name)), pre_dir),
-        load_core(core_config, core_onnx_path(repo), device, threads),
-    )

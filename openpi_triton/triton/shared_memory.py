@@ -3,7 +3,8 @@
 A request's large tensors (camera frames) are copied once into a region that Triton reads, instead of
 being serialised into the gRPC message by the front and parsed out of it by Triton. Regions are
 registered with Triton once and reused: each request in flight holds one, sized to a power of two of
-at least 1 MiB, and a fixed budget caps what the pool may hold (past it, requests go inline).
+at least 1 MiB, and a fixed budget (`config.SHARED_MEMORY_BUDGET_BYTES`) caps what the pool may hold
+(past it, requests go inline).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ _ALREADY_REGISTERED = "already in manager"  # Triton's answer to registering a r
 # Smaller tensors (state, prompt, seed) are cheaper inline than as a shared-memory reference.
 LARGE_TENSOR_BYTES = 64 * 1024
 MIN_REGION_BYTES = 1 << 20
-DEFAULT_BUDGET_BYTES = 256 << 20
 
 
 @dataclass
@@ -52,7 +52,7 @@ def large_tensors(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 class SharedMemoryPool:
     """Regions registered with one Triton (through `client`, a tritonclient.grpc.aio client)."""
 
-    def __init__(self, client: Any, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> None:
+    def __init__(self, client: Any, budget_bytes: int) -> None:
         self._client = client
         self._budget = budget_bytes
         self._prefix = f"openpi_triton_{os.getpid()}_{secrets.token_hex(4)}"

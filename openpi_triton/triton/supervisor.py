@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 
+from openpi_triton.config import TRITON_RESTART_DELAY_S, TRITON_RESTART_MAX_DELAY_S
 from openpi_triton.process import is_alive, url_answers
 from openpi_triton.triton.embedded import EmbeddedTriton, EmbeddedTritonError
 from openpi_triton.triton.health import Health
@@ -40,11 +41,10 @@ def describe_exit(code: int | None) -> str:
 
 
 class TritonSupervisor:
-    def __init__(self, triton: EmbeddedTriton, health: Health, restart_delay_s: float = 1.0,
-                 restart_max_delay_s: float = 30.0, reload_timeout_s: float = 120.0) -> None:
+    def __init__(self, triton: EmbeddedTriton, health: Health, restart_delay_s: float = TRITON_RESTART_DELAY_S,
+                 restart_max_delay_s: float = TRITON_RESTART_MAX_DELAY_S) -> None:
         self.triton, self.health = triton, health
         self.restart_delay_s, self.restart_max_delay_s = restart_delay_s, restart_max_delay_s
-        self.reload_timeout_s = reload_timeout_s
         self._delay = restart_delay_s
         self._started_at = 0.0
         self._stubs: dict[int, str] = {}
@@ -153,7 +153,7 @@ class TritonSupervisor:
         self.health.model_down(model, reason, f"reloading model {model!r}")
         started = time.monotonic()
         try:
-            self.triton.reload_model(model, self.reload_timeout_s)
+            self.triton.reload_model(model)
         except EmbeddedTritonError as error:
             self._restart(f"model {model!r} is down ({reason}) and reloading it failed: {error}")
             return

@@ -19,6 +19,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from openpi_triton.config import GR00T_GENERATIONS, GR00T_N15
 from openpi_triton.front.codec import MAX_NDIM, MAX_NESTING, ProtocolError, array_from_bytes, decode_marker, text
 from openpi_triton.triton.modality import MODALITIES, ModalityConfig, observation_key
 
@@ -26,7 +27,7 @@ from openpi_triton.triton.modality import MODALITIES, ModalityConfig, observatio
 PICKLE_GENERATION_MAGIC = b"PK\x03\x04"
 NDARRAY_MARKER = "__ndarray_class__"
 MODALITY_MARKER = "__ModalityConfig_class__"
-MODALITY_FORMS = ("n1.5", "n1.6")
+MODALITY_FORMS = GR00T_GENERATIONS
 
 
 def decode_request(body: bytes | memoryview) -> dict[str, Any]:
@@ -109,7 +110,7 @@ def modality_config_reply(config: ModalityConfig, form: str) -> dict[str, Any]:
     reply = {}
     for name in MODALITIES:
         modality = config.modality(name)
-        if form == "n1.5":
+        if form == GR00T_N15:
             body: Mapping[str, Any] = {"delta_indices": list(modality.delta_indices),
                                        "modality_keys": [observation_key(name, key) for key in modality.keys]}
             reply[name] = {MODALITY_MARKER: True, "as_json": json.dumps(body)}
