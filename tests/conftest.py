@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -17,6 +16,8 @@ from openpi_triton.config import GPU_TORCH_CONFIG_NAME, Settings, core_onnx_path
 from openpi_triton.front.app import create_app, front_server
 from openpi_triton.process import free_port
 from openpi_triton.triton.embedded import EmbeddedTriton
+
+from .waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = ROOT / "model_repository"
@@ -71,21 +72,19 @@ def second_triton(triton: EmbeddedTriton) -> Iterator[EmbeddedTriton]:
 
 
 @contextlib.contextmanager
-def running_front(settings: Settings) -> Iterator[str]:
-    """The front under a real uvicorn in a background thread; yields its ws:// base URL."""
-    server = front_server(create_app(settings), settings, log_level="warning", lifespan="on")
+def running_front(settings: Settings, backend: Any = None) -> Iterator[str]:
+    """The front (on `backend`, else on `settings.triton_url`) under a real uvicorn in a background thread;
+    yields its ws:// base URL."""
+    server = front_server(create_app(settings, backend), settings, log_level="warning", lifespan="on")
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the front did not start")
-        time.sleep(0.05)
+    wait_until(lambda: server.started or not thread.is_alive(), "the front starts", 30)
+    assert server.started, "the front did not start"
     try:
         yield f"ws://127.0.0.1:{settings.port}"
     finally:
         server.should_exit = True
-        thread.join(10)
+        thread.join(30)
 
 
 def http_get(url: str, path: str) -> tuple[int, str]:
@@ -109,15 +108,18 @@ def settled_statistics(client: Any, model: str, inferences: int = 0, timeout_s: 
 
     Triton records a model's statistics just after it has sent the responses, so a client holding all its
     answers can still read counts that lag by a request or two."""
-    deadline = time.monotonic() + timeout_s
-    previous = None
-    while True:
-        stats = client.get_inference_statistics(model).model_stats[0]
-        settled = previous is not None and stats.inference_count == previous.inference_count
-        if (settled and stats.inference_count >= inferences) or time.monotonic() > deadline:
+    readings: list[Any] = []
+
+    def settled() -> Any:
+        readings.append(client.get_inference_statistics(model).model_stats[0])
+        previous, stats = readings[-2:] if len(readings) > 1 else (None, readings[-1])
+        if previous is not None and stats.inference_count == previous.inference_count >= inferences:
             return stats
-        previous = stats
-        time.sleep(0.05)
+        return None
+
+    with contextlib.suppress(AssertionError):  # past the timeout: the last reading, for the caller's assertion
+        return wait_until(settled, f"{model}'s statistics settle", timeout_s)
+    return readings[-1]
 
 
 @pytest.fixture(scope="session")
