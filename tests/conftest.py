@@ -6,11 +6,13 @@ import contextlib
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from openpi_client.websocket_client_policy import WebsocketClientPolicy
+from websockets.sync.client import ClientConnection, connect
 
 from openpi_triton.config import GPU_TORCH_CONFIG_NAME, Settings, core_onnx_path
 from openpi_triton.front.app import create_app, front_server
@@ -19,10 +21,27 @@ from openpi_triton.triton.embedded import EmbeddedTriton
 
 from .waiting import wait_until
 
+# The longest a test waits for one websocket message (a frame's answer, the handshake): generous for two
+# loaded cores; reaching it fails the test instead of hanging it.
+RECV_TIMEOUT_S = 60.0
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = ROOT / "model_repository"
 TEST_MODEL_REPOSITORY = Path(__file__).resolve().parent / "model_repository"
 MODEL_ONNX = core_onnx_path(MODEL_REPOSITORY)
+
+
+# Fixtures that start a real tritonserver (directly or under a front): a test using one is an integration test.
+TRITON_FIXTURES = {"triton", "second_triton", "torch_triton", "front"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse a test that starts a tritonserver through a fixture without the `integration` mark (tests
+    that start one themselves carry the mark by hand)."""
+    unmarked = [item.nodeid for item in items if TRITON_FIXTURES & set(getattr(item, "fixturenames", ()))
+                and item.get_closest_marker("integration") is None]
+    if unmarked:
+        raise pytest.UsageError("tests that start a tritonserver need @pytest.mark.integration: " + ", ".join(unmarked))
 
 
 @pytest.fixture(scope="session")
@@ -127,3 +146,36 @@ def front(triton: EmbeddedTriton) -> Iterator[str]:
     """A front with default settings on the session's tritonserver."""
     with running_front(front_settings(triton)) as url:
         yield url
+
+
+@pytest.fixture
+def open_ws() -> Iterator[Callable[..., ClientConnection]]:
+    """Opens plain websockets to a front (for frames openpi_client cannot send), each with its handshake
+    frame consumed unless `handshake=False`; closes every one after the test."""
+    opened: list[ClientConnection] = []
+
+    def open_one(url: str, path: str = "", handshake: bool = True) -> ClientConnection:
+        ws = connect(url + path, compression=None, max_size=None, open_timeout=RECV_TIMEOUT_S)
+        opened.append(ws)
+        if handshake:
+            ws.recv(timeout=RECV_TIMEOUT_S)
+        return ws
+
+    yield open_one
+    for ws in opened:
+        ws.close()
+
+
+@pytest.fixture
+def open_robot() -> Iterator[Callable[..., WebsocketClientPolicy]]:
+    """Opens stock openpi_client robots on a front; closes their websockets after the test."""
+    opened: list[WebsocketClientPolicy] = []
+
+    def open_one(url: str, path: str = "", api_key: str | None = None) -> WebsocketClientPolicy:
+        robot = WebsocketClientPolicy(host=url + path, api_key=api_key)
+        opened.append(robot)
+        return robot
+
+    yield open_one
+    for robot in opened:
+        robot._ws.close()  # openpi_client has no close of its own

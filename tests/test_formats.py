@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from openpi_triton.example_observations import aloha, droid, libero
 from openpi_triton.triton.tensors import infer_inputs
 
 from .conftest import MODEL_REPOSITORY, settled_statistics
+from .waiting import run_threads
 
 pytestmark = pytest.mark.integration
 
@@ -68,18 +68,11 @@ def test_three_formats_are_batched_together_in_the_policy_core(front, triton):
     per_format = 5
     robots = [(name, policy(front, name)) for name in builders for _ in range(per_format)]
     before = executions()
-    barrier = threading.Barrier(len(robots))
-    shapes: list[tuple[int, ...]] = []
 
-    def run(name: str, robot: WebsocketClientPolicy) -> None:
-        barrier.wait()
-        shapes.append(robot.infer(builders[name](np.random.default_rng(1)))["actions"].shape)
+    def run(name: str, robot: WebsocketClientPolicy) -> tuple[int, ...]:
+        return robot.infer(builders[name](np.random.default_rng(1)))["actions"].shape
 
-    threads = [threading.Thread(target=run, args=robot) for robot in robots]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    shapes = run_threads([lambda robot=robot: run(*robot) for robot in robots])
     after = executions(before[1] + len(robots))
     assert sorted(shapes) == sorted(EXPECTED[name] for name, _ in robots)
     assert after[1] - before[1] == len(robots)

@@ -95,6 +95,7 @@ def steps_restart_after_each_notice(events: list[tuple[float, str, str]]) -> boo
     return True
 
 
+@pytest.mark.integration
 def test_sixteen_robots_over_two_replicas_lose_one_and_get_it_back(triton, second_triton):
     a, b = triton.grpc_url, second_triton.grpc_url
     settings = Settings(triton_url=f"{a},{b}", port=free_port(), host="127.0.0.1", triton_shared_memory=True)
@@ -153,6 +154,7 @@ async def until(condition: Callable[[], Any], what: str, timeout_s: float = 60) 
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.integration
 def test_replicas_follow_the_addresses_a_name_resolves_to(triton, second_triton):
     """A headless Service's records change as Triton pods come and go (here a stand-in resolver: this
     machine has no DNS server to change; the replicas behind the addresses are real)."""
