@@ -32,7 +32,8 @@ from openpi_triton.process import children, die_with_parent, free_port, group_me
 from openpi_triton.triton.embedded import python_stubs_of, shared_memory_regions_of
 
 from .conftest import MODEL_REPOSITORY, TEST_MODEL_REPOSITORY
-from .robots import counter_step, fleet, wait_for
+from .robots import counter_step, fleet
+from .waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +109,7 @@ def serving(root: Path, model_onnx: Path, *flags: str) -> Iterator[Served]:
         process = subprocess.Popen(die_with_parent(command), stdout=output, stderr=subprocess.STDOUT)
     served = Served(process, port, log)
     try:
-        wait_for(lambda: served.http("/readyz")[0] == 200 or process.poll() is not None, 180, "the server is ready")
+        wait_until(lambda: served.http("/readyz")[0] == 200 or process.poll() is not None, "the server is ready", 180)
         assert process.poll() is None, f"serve exited:\n{served.log_tail()}"
         yield served
     finally:
@@ -140,8 +141,8 @@ def test_a_killed_tritonserver_is_replaced_and_robots_keep_their_websocket(serve
         killed_at = time.monotonic()
         os.kill(old, signal.SIGKILL)
 
-        wait_for(lambda: all(robot.recovered_since(killed_at) for robot in robots), 120,
-                 "every robot had an error during the outage, then actions again")
+        wait_until(lambda: all(robot.recovered_since(killed_at) for robot in robots),
+                   "every robot had an error during the outage, then actions again", 120)
         for robot in robots:
             kinds = {kind for _, kind, _ in robot.after(killed_at)}
             assert kinds <= {"ok", "error"}, f"a robot lost its websocket or got non-finite actions: {kinds}"
@@ -177,9 +178,9 @@ def test_a_killed_python_stub_is_reloaded_while_other_policies_keep_serving(serv
         killed_at = time.monotonic()
         os.kill(stub_of(triton, "libero_preprocess"), signal.SIGKILL)
         libero_robots = [robot for robot in robots if robot.policy == "libero"]
-        wait_for(lambda: all(robot.recovered_since(killed_at) for robot in libero_robots), 120,
-                 "the LIBERO robots had an error, then actions again")
-        wait_for(lambda: readiness and readiness[-1][0] == 200, 60, "ready again")
+        wait_until(lambda: all(robot.recovered_since(killed_at) for robot in libero_robots),
+                   "the LIBERO robots had an error, then actions again", 120)
+        wait_until(lambda: readiness and readiness[-1][0] == 200, "ready again", 60)
         polling.set()
         poller.join(30)
         droid_robot = next(robot for robot in robots if robot.policy == "droid")
@@ -216,7 +217,7 @@ def test_sigterm_answers_every_inference_in_flight_then_closes_with_1012(tmp_pat
         threads = [threading.Thread(target=robot, args=(i,), daemon=True) for i in range(robots)]
         for thread in threads:
             thread.start()
-        wait_for(lambda: served.metric("openpi_triton_in_flight_requests") == robots, 60, "8 frames in flight")
+        wait_until(lambda: served.metric("openpi_triton_in_flight_requests") == robots, "8 frames in flight", 60)
         triton = served.tritonserver()
         regions = shared_memory_regions_of(triton)
         served.process.send_signal(signal.SIGTERM)
