@@ -37,6 +37,8 @@ from .waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
+DELAY_S = 10.0  # of each frame in the drain test: far longer than 8 robots take to send theirs
+
 
 # --- a served front, and what runs under it ---------------------------------------------------------
 
@@ -200,15 +202,19 @@ def test_a_killed_python_stub_is_reloaded_while_other_policies_keep_serving(serv
 
 
 def test_sigterm_answers_every_inference_in_flight_then_closes_with_1012(tmp_path, model_onnx):
+    """The drain rule on real processes (tests/test_connection.py has it exactly): the 8 frames the front has
+    read when SIGTERM comes are answered, and each robot's next frame gets close 1012. Each frame takes
+    `DELAY_S` in the policy, so all 8 are in flight together however slowly the robots' threads start, and
+    still in flight when the signal comes; the drain timeout covers several executions of it."""
     robots = 8
-    with serving(tmp_path, model_onnx, "--drain-timeout", "60") as served:
+    with serving(tmp_path, model_onnx, "--drain-timeout", "120") as served:
         clients = [WebsocketClientPolicy(host=f"ws://{served.url}/v1/realtime/robot/openpi/slow_policy")
                    for _ in range(robots)]
         answers: list[Any] = [None] * robots
         after: list[Any] = [None] * robots
 
         def robot(i: int) -> None:
-            answers[i] = clients[i].infer({"delay": np.array([2.0], np.float32)})
+            answers[i] = clients[i].infer({"delay": np.array([DELAY_S], np.float32)})
             try:
                 clients[i].infer({"delay": np.array([0.0], np.float32)})
             except ConnectionClosed as closed:
@@ -222,10 +228,11 @@ def test_sigterm_answers_every_inference_in_flight_then_closes_with_1012(tmp_pat
         regions = shared_memory_regions_of(triton)
         served.process.send_signal(signal.SIGTERM)
         for thread in threads:
-            thread.join(90)
+            thread.join(150)
+        assert not any(thread.is_alive() for thread in threads), "a robot is still waiting after the drain"
         assert served.process.wait(60) == 0, served.log_tail()
 
-    assert all(isinstance(answer, dict) and answer["echo"][0] == 2.0 for answer in answers), answers
+    assert all(isinstance(answer, dict) and answer["echo"][0] == DELAY_S for answer in answers), answers
     codes = [closed.rcvd.code if closed is not None and closed.rcvd else None for closed in after]
     assert codes == [1012] * robots, codes
     assert not group_members(triton), "tritonserver or a stub outlived the front"
