@@ -205,9 +205,9 @@ def test_sigterm_answers_every_inference_in_flight_then_closes_with_1012(tmp_pat
     """The drain rule on real processes (tests/test_connection.py has it exactly): the 8 frames the front has
     read when SIGTERM comes are answered, and each robot's next frame gets close 1012. Each frame takes
     `DELAY_S` in the policy, so all 8 are in flight together however slowly the robots' threads start, and
-    still in flight when the signal comes; the drain timeout covers several executions of it."""
+    still in flight when the signal comes; the drain and Triton timeouts cover several executions of it."""
     robots = 8
-    with serving(tmp_path, model_onnx, "--drain-timeout", "120") as served:
+    with serving(tmp_path, model_onnx, "--drain-timeout", "120", "--triton-timeout", "60") as served:
         clients = [WebsocketClientPolicy(host=f"ws://{served.url}/v1/realtime/robot/openpi/slow_policy")
                    for _ in range(robots)]
         answers: list[Any] = [None] * robots
