@@ -49,7 +49,8 @@ class LingeringWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.read_paused:
             self.read_paused = False
             self.transport.resume_reading()
-        log.info("closing a websocket that sent a frame it may not", extra={"code": code, "reason": reason})
+        log.info("websocket frame refused: closing after the client has stopped sending", extra={
+            "code": code, "reason": reason, "linger_s": self.linger_s})
         # The client's end (EOF) closes the socket first, and connection_lost cancels this timer.
         self.close_timer = self.loop.call_later(self.linger_s, self.transport.close)
 
