@@ -102,6 +102,10 @@ class Settings:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     # Four 480x640 RGB cameras are 3.7 MB; 16 MiB leaves room for more cameras and state.
     max_frame_bytes: int = 16 * MIB
+    # After refusing a frame over the limit (close 1009), how long the front keeps reading and discarding
+    # the rest of it before closing the socket: closing with unread data resets the connection, and the
+    # reset destroys the close frame. Ends early when the robot closes its side.
+    oversized_frame_linger_s: float = 10.0
     max_connections: int = 256
     # Long enough for a person to reset a scene between episodes without reconnecting.
     idle_timeout_s: float = 900.0

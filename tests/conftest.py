@@ -4,24 +4,45 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from openpi_client.websocket_client_policy import WebsocketClientPolicy
+from websockets.sync.client import ClientConnection, connect
 
 from openpi_triton.config import GPU_TORCH_CONFIG_NAME, Settings, core_onnx_path
 from openpi_triton.front.app import create_app, front_server
 from openpi_triton.process import free_port
 from openpi_triton.triton.embedded import EmbeddedTriton
 
+from .waiting import wait_until
+
+# The longest a test waits for one websocket message (a frame's answer, the handshake): generous for two
+# loaded cores; reaching it fails the test instead of hanging it.
+RECV_TIMEOUT_S = 120.0  # above the test fronts' Triton timeout: a slow answer is an error text, not a hang
+LOADED_MACHINE_TRITON_TIMEOUT_S = 60.0  # see front_settings
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = ROOT / "model_repository"
 TEST_MODEL_REPOSITORY = Path(__file__).resolve().parent / "model_repository"
 MODEL_ONNX = core_onnx_path(MODEL_REPOSITORY)
+
+
+# Fixtures that start a real tritonserver (directly or under a front): a test using one is an integration test.
+TRITON_FIXTURES = {"triton", "second_triton", "torch_triton", "front"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse a test that starts a tritonserver through a fixture without the `integration` mark (tests
+    that start one themselves carry the mark by hand)."""
+    unmarked = [item.nodeid for item in items if TRITON_FIXTURES & set(getattr(item, "fixturenames", ()))
+                and item.get_closest_marker("integration") is None]
+    if unmarked:
+        raise pytest.UsageError("tests that start a tritonserver need @pytest.mark.integration: " + ", ".join(unmarked))
 
 
 @pytest.fixture(scope="session")
@@ -71,21 +92,19 @@ def second_triton(triton: EmbeddedTriton) -> Iterator[EmbeddedTriton]:
 
 
 @contextlib.contextmanager
-def running_front(settings: Settings) -> Iterator[str]:
-    """The front under a real uvicorn in a background thread; yields its ws:// base URL."""
-    server = front_server(create_app(settings), settings, log_level="warning", lifespan="on")
+def running_front(settings: Settings, backend: Any = None) -> Iterator[str]:
+    """The front (on `backend`, else on `settings.triton_url`) under a real uvicorn in a background thread;
+    yields its ws:// base URL."""
+    server = front_server(create_app(settings, backend), settings, log_level="warning", lifespan="on")
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the front did not start")
-        time.sleep(0.05)
+    wait_until(lambda: server.started or not thread.is_alive(), "the front starts", 30)
+    assert server.started, "the front did not start"
     try:
         yield f"ws://127.0.0.1:{settings.port}"
     finally:
         server.should_exit = True
-        thread.join(10)
+        thread.join(30)
 
 
 def http_get(url: str, path: str) -> tuple[int, str]:
@@ -99,8 +118,11 @@ def http_get(url: str, path: str) -> tuple[int, str]:
 
 def front_settings(triton: EmbeddedTriton, **overrides: object) -> Settings:
     """A front on `triton`, which runs on this host: camera frames go through shared memory, as they do
-    when `openpi-triton serve` starts its own tritonserver."""
-    defaults = {"triton_url": triton.grpc_url, "port": free_port(), "host": "127.0.0.1", "triton_shared_memory": True}
+    when `openpi-triton serve` starts its own tritonserver. Its Triton calls wait up to a minute: on two
+    cores shared with other test runs, 32 robots' calls can queue past the 10 s default, and a test that
+    is not about timeouts must not fail on one."""
+    defaults = {"triton_url": triton.grpc_url, "port": free_port(), "host": "127.0.0.1", "triton_shared_memory": True,
+                "triton_timeout_s": LOADED_MACHINE_TRITON_TIMEOUT_S}
     return Settings(**{**defaults, **overrides})
 
 
@@ -109,15 +131,18 @@ def settled_statistics(client: Any, model: str, inferences: int = 0, timeout_s: 
 
     Triton records a model's statistics just after it has sent the responses, so a client holding all its
     answers can still read counts that lag by a request or two."""
-    deadline = time.monotonic() + timeout_s
-    previous = None
-    while True:
-        stats = client.get_inference_statistics(model).model_stats[0]
-        settled = previous is not None and stats.inference_count == previous.inference_count
-        if (settled and stats.inference_count >= inferences) or time.monotonic() > deadline:
+    readings: list[Any] = []
+
+    def settled() -> Any:
+        readings.append(client.get_inference_statistics(model).model_stats[0])
+        previous, stats = readings[-2:] if len(readings) > 1 else (None, readings[-1])
+        if previous is not None and stats.inference_count == previous.inference_count >= inferences:
             return stats
-        previous = stats
-        time.sleep(0.05)
+        return None
+
+    with contextlib.suppress(AssertionError):  # past the timeout: the last reading, for the caller's assertion
+        return wait_until(settled, f"{model}'s statistics settle", timeout_s)
+    return readings[-1]
 
 
 @pytest.fixture(scope="session")
@@ -125,3 +150,36 @@ def front(triton: EmbeddedTriton) -> Iterator[str]:
     """A front with default settings on the session's tritonserver."""
     with running_front(front_settings(triton)) as url:
         yield url
+
+
+@pytest.fixture
+def open_ws() -> Iterator[Callable[..., ClientConnection]]:
+    """Opens plain websockets to a front (for frames openpi_client cannot send), each with its handshake
+    frame consumed unless `handshake=False`; closes every one after the test."""
+    opened: list[ClientConnection] = []
+
+    def open_one(url: str, path: str = "", handshake: bool = True) -> ClientConnection:
+        ws = connect(url + path, compression=None, max_size=None, open_timeout=RECV_TIMEOUT_S)
+        opened.append(ws)
+        if handshake:
+            ws.recv(timeout=RECV_TIMEOUT_S)
+        return ws
+
+    yield open_one
+    for ws in opened:
+        ws.close()
+
+
+@pytest.fixture
+def open_robot() -> Iterator[Callable[..., WebsocketClientPolicy]]:
+    """Opens stock openpi_client robots on a front; closes their websockets after the test."""
+    opened: list[WebsocketClientPolicy] = []
+
+    def open_one(url: str, path: str = "", api_key: str | None = None) -> WebsocketClientPolicy:
+        robot = WebsocketClientPolicy(host=url + path, api_key=api_key)
+        opened.append(robot)
+        return robot
+
+    yield open_one
+    for robot in opened:
+        robot._ws.close()  # openpi_client has no close of its own

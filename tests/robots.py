@@ -16,17 +16,9 @@ from websockets.exceptions import ConnectionClosed
 
 from openpi_triton.example_observations import aloha, droid, libero
 
+from .waiting import wait_until
+
 COUNTER = "session_counter"  # the stateful test policy (tests/model_repository): its answers count steps
-
-
-def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout_s:.0f} s: {what}")
 
 
 def _step(answer: dict[str, Any]) -> str:
@@ -105,7 +97,7 @@ def fleet(url: str, spec: dict[str, int]) -> Iterator[list[Robot]]:
     """`spec`: robots per policy, started in this order; yielded once every robot has had an answer."""
     robots = [robot(url, policy, i) for policy, count in spec.items() for i in range(count)]
     try:
-        wait_for(lambda: all(r.served_since(0) for r in robots), 120, "every robot has actions")
+        wait_until(lambda: all(r.served_since(0) for r in robots), "every robot has actions", 120)
         yield robots
     finally:
         for r in robots:

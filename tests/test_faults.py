@@ -32,9 +32,12 @@ from openpi_triton.process import children, die_with_parent, free_port, group_me
 from openpi_triton.triton.embedded import python_stubs_of, shared_memory_regions_of
 
 from .conftest import MODEL_REPOSITORY, TEST_MODEL_REPOSITORY
-from .robots import counter_step, fleet, wait_for
+from .robots import counter_step, fleet
+from .waiting import wait_until
 
 pytestmark = pytest.mark.integration
+
+DELAY_S = 10.0  # of each frame in the drain test: far longer than 8 robots take to send theirs
 
 
 # --- a served front, and what runs under it ---------------------------------------------------------
@@ -108,7 +111,7 @@ def serving(root: Path, model_onnx: Path, *flags: str) -> Iterator[Served]:
         process = subprocess.Popen(die_with_parent(command), stdout=output, stderr=subprocess.STDOUT)
     served = Served(process, port, log)
     try:
-        wait_for(lambda: served.http("/readyz")[0] == 200 or process.poll() is not None, 180, "the server is ready")
+        wait_until(lambda: served.http("/readyz")[0] == 200 or process.poll() is not None, "the server is ready", 180)
         assert process.poll() is None, f"serve exited:\n{served.log_tail()}"
         yield served
     finally:
@@ -140,8 +143,8 @@ def test_a_killed_tritonserver_is_replaced_and_robots_keep_their_websocket(serve
         killed_at = time.monotonic()
         os.kill(old, signal.SIGKILL)
 
-        wait_for(lambda: all(robot.recovered_since(killed_at) for robot in robots), 120,
-                 "every robot had an error during the outage, then actions again")
+        wait_until(lambda: all(robot.recovered_since(killed_at) for robot in robots),
+                   "every robot had an error during the outage, then actions again", 120)
         for robot in robots:
             kinds = {kind for _, kind, _ in robot.after(killed_at)}
             assert kinds <= {"ok", "error"}, f"a robot lost its websocket or got non-finite actions: {kinds}"
@@ -153,7 +156,7 @@ def test_a_killed_tritonserver_is_replaced_and_robots_keep_their_websocket(serve
     assert not [region for region in regions if region.exists()], "the dead tritonserver's shared memory is left"
     assert served.metric("openpi_triton_backend_restarts_total") == 1
     assert served.metric("openpi_triton_outages_total", component="tritonserver") == 1
-    wait_for(lambda: served.http("/readyz")[0] == 200, 30, "/readyz (refreshed every second) is ready")
+    wait_until(lambda: served.http("/readyz")[0] == 200, "/readyz (refreshed every second) is ready", 30)
 
     # The stateful session's memory died with tritonserver: it is told so once, then starts over.
     with pytest.raises(RuntimeError, match="lost this session's state"):
@@ -177,9 +180,9 @@ def test_a_killed_python_stub_is_reloaded_while_other_policies_keep_serving(serv
         killed_at = time.monotonic()
         os.kill(stub_of(triton, "libero_preprocess"), signal.SIGKILL)
         libero_robots = [robot for robot in robots if robot.policy == "libero"]
-        wait_for(lambda: all(robot.recovered_since(killed_at) for robot in libero_robots), 120,
-                 "the LIBERO robots had an error, then actions again")
-        wait_for(lambda: readiness and readiness[-1][0] == 200, 60, "ready again")
+        wait_until(lambda: all(robot.recovered_since(killed_at) for robot in libero_robots),
+                   "the LIBERO robots had an error, then actions again", 120)
+        wait_until(lambda: readiness and readiness[-1][0] == 200, "ready again", 60)
         polling.set()
         poller.join(30)
         droid_robot = next(robot for robot in robots if robot.policy == "droid")
@@ -199,15 +202,19 @@ def test_a_killed_python_stub_is_reloaded_while_other_policies_keep_serving(serv
 
 
 def test_sigterm_answers_every_inference_in_flight_then_closes_with_1012(tmp_path, model_onnx):
+    """The drain rule on real processes (tests/test_connection.py has it exactly): the 8 frames the front has
+    read when SIGTERM comes are answered, and each robot's next frame gets close 1012. Each frame takes
+    `DELAY_S` in the policy, so all 8 are in flight together however slowly the robots' threads start, and
+    still in flight when the signal comes; the drain and Triton timeouts cover several executions of it."""
     robots = 8
-    with serving(tmp_path, model_onnx, "--drain-timeout", "60") as served:
+    with serving(tmp_path, model_onnx, "--drain-timeout", "120", "--triton-timeout", "60") as served:
         clients = [WebsocketClientPolicy(host=f"ws://{served.url}/v1/realtime/robot/openpi/slow_policy")
                    for _ in range(robots)]
         answers: list[Any] = [None] * robots
         after: list[Any] = [None] * robots
 
         def robot(i: int) -> None:
-            answers[i] = clients[i].infer({"delay": np.array([2.0], np.float32)})
+            answers[i] = clients[i].infer({"delay": np.array([DELAY_S], np.float32)})
             try:
                 clients[i].infer({"delay": np.array([0.0], np.float32)})
             except ConnectionClosed as closed:
@@ -216,15 +223,16 @@ def test_sigterm_answers_every_inference_in_flight_then_closes_with_1012(tmp_pat
         threads = [threading.Thread(target=robot, args=(i,), daemon=True) for i in range(robots)]
         for thread in threads:
             thread.start()
-        wait_for(lambda: served.metric("openpi_triton_in_flight_requests") == robots, 60, "8 frames in flight")
+        wait_until(lambda: served.metric("openpi_triton_in_flight_requests") == robots, "8 frames in flight", 60)
         triton = served.tritonserver()
         regions = shared_memory_regions_of(triton)
         served.process.send_signal(signal.SIGTERM)
         for thread in threads:
-            thread.join(90)
+            thread.join(150)
+        assert not any(thread.is_alive() for thread in threads), "a robot is still waiting after the drain"
         assert served.process.wait(60) == 0, served.log_tail()
 
-    assert all(isinstance(answer, dict) and answer["echo"][0] == 2.0 for answer in answers), answers
+    assert all(isinstance(answer, dict) and answer["echo"][0] == DELAY_S for answer in answers), answers
     codes = [closed.rcvd.code if closed is not None and closed.rcvd else None for closed in after]
     assert codes == [1012] * robots, codes
     assert not group_members(triton), "tritonserver or a stub outlived the front"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 
 import numpy as np
 import pytest
@@ -16,15 +15,12 @@ from openpi_triton.example_observations import aloha, droid, libero
 from openpi_triton.triton.grpc_tensors import infer_inputs
 
 from .conftest import MODEL_REPOSITORY, settled_statistics
+from .waiting import run_threads
 
 pytestmark = pytest.mark.integration
 
 ROUTE = "/v1/realtime/robot/openpi/"
 EXPECTED = {"libero": (10, 7), "droid": (15, 8), "aloha": (50, 14)}
-
-
-def policy(front: str, name: str) -> WebsocketClientPolicy:
-    return WebsocketClientPolicy(host=front + ROUTE + name)
 
 
 @pytest.mark.parametrize(
@@ -38,25 +34,25 @@ def policy(front: str, name: str) -> WebsocketClientPolicy:
     ],
     ids=["libero", "droid", "droid-480x640", "aloha-sim", "aloha-real"],
 )
-def test_example_client_observations_get_documented_actions(front, name, observation):
-    result = policy(front, name).infer(observation)
+def test_example_client_observations_get_documented_actions(front, name, observation, open_robot):
+    result = open_robot(front, ROUTE + name).infer(observation)
     assert result["actions"].shape == EXPECTED[name]
     assert result["actions"].dtype == np.float32 and np.isfinite(result["actions"]).all()
 
 
-def test_aloha_handshake_carries_the_reset_pose(front):
-    assert policy(front, "aloha").get_server_metadata() == {"reset_pose": [0, -1.5, 1.5, 0, 0, 0]}
+def test_aloha_handshake_carries_the_reset_pose(front, open_robot):
+    assert open_robot(front, ROUTE + "aloha").get_server_metadata() == {"reset_pose": [0, -1.5, 1.5, 0, 0, 0]}
 
 
-def test_wrong_format_names_the_missing_keys(front):
+def test_wrong_format_names_the_missing_keys(front, open_robot):
     with pytest.raises(RuntimeError) as error:
-        policy(front, "libero").infer(droid(np.random.default_rng(0)))
+        open_robot(front, ROUTE + "libero").infer(droid(np.random.default_rng(0)))
     message = str(error.value)
     assert "'observation/image'" in message and "'observation/state'" in message
     assert "'observation/wrist_image'" in message
 
 
-def test_three_formats_are_batched_together_in_the_policy_core(front, triton):
+def test_three_formats_are_batched_together_in_the_policy_core(front, triton, open_robot):
     client = grpcclient.InferenceServerClient(triton.grpc_url)
 
     def executions(inferences: int = 0) -> tuple[int, int, dict[int, int]]:
@@ -66,20 +62,13 @@ def test_three_formats_are_batched_together_in_the_policy_core(front, triton):
 
     builders = {"libero": libero, "droid": droid, "aloha": aloha}
     per_format = 5
-    robots = [(name, policy(front, name)) for name in builders for _ in range(per_format)]
+    robots = [(name, open_robot(front, ROUTE + name)) for name in builders for _ in range(per_format)]
     before = executions()
-    barrier = threading.Barrier(len(robots))
-    shapes: list[tuple[int, ...]] = []
 
-    def run(name: str, robot: WebsocketClientPolicy) -> None:
-        barrier.wait()
-        shapes.append(robot.infer(builders[name](np.random.default_rng(1)))["actions"].shape)
+    def run(name: str, robot: WebsocketClientPolicy) -> tuple[int, ...]:
+        return robot.infer(builders[name](np.random.default_rng(1)))["actions"].shape
 
-    threads = [threading.Thread(target=run, args=robot) for robot in robots]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    shapes = run_threads([lambda robot=robot: run(*robot) for robot in robots])
     after = executions(before[1] + len(robots))
     assert sorted(shapes) == sorted(EXPECTED[name] for name, _ in robots)
     assert after[1] - before[1] == len(robots)

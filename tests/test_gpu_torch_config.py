@@ -5,7 +5,6 @@ the float16 tolerance the GPU is held to, for every format (GR00T's so100 too), 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from openpi_triton.triton.reference import load_reference_pipeline
 from openpi_triton.triton.repository import core_needs_onnx, policy_from_repository
 
 from .conftest import MODEL_REPOSITORY, settled_statistics
+from .waiting import run_threads
 
 FORMATS = sorted(OBSERVATION_FORMATS)
 
@@ -65,22 +65,14 @@ def test_actions_match_the_onnx_path_for_the_same_seed(client, onnx_pipelines, n
 def test_batched_requests_each_get_their_own_actions(client, torch_triton, onnx_pipelines):
     before = settled_statistics(client, "policy_core")
     robots = 8
-    barrier, answers, errors = threading.Barrier(robots), {}, []
-
-    def robot(seed: int) -> None:
-        with grpcclient.InferenceServerClient(torch_triton.grpc_url) as own:
-            barrier.wait()
-            try:
-                answers[seed] = own.infer("libero", infer_inputs(_inputs("libero", seed))).as_numpy("actions")
-            except Exception as error:
-                errors.append(error)
-
-    threads = [threading.Thread(target=robot, args=(seed,)) for seed in range(robots)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
+    clients = [grpcclient.InferenceServerClient(torch_triton.grpc_url) for _ in range(robots)]
+    try:
+        actions = run_threads([lambda seed=seed: clients[seed].infer(
+            "libero", infer_inputs(_inputs("libero", seed))).as_numpy("actions") for seed in range(robots)])
+    finally:
+        for own in clients:
+            own.close()
+    answers = dict(enumerate(actions))
     after = settled_statistics(client, "policy_core", before.inference_count + robots)
     assert after.execution_count - before.execution_count < robots, "no two requests shared a batch"
     for seed, actions in answers.items():

@@ -13,7 +13,6 @@ import onnx
 import pytest
 import torch
 from openpi_client import image_tools
-from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
 from openpi_policy import spec
 from openpi_policy.reference_model import build_reference_policy
@@ -175,9 +174,9 @@ def network() -> torch.nn.Module:
     ],
     ids=["libero", "droid-480x640", "aloha-sim", "aloha-real"],
 )
-def test_actions_equal_the_float_pipeline_for_the_same_seed(front, network, name, observation):
+def test_actions_equal_the_float_pipeline_for_the_same_seed(front, network, name, observation, open_robot):
     seed = 4321
-    robot = WebsocketClientPolicy(host=f"{front}/v1/realtime/robot/openpi/{name}")
+    robot = open_robot(front, f"/v1/realtime/robot/openpi/{name}")
     served = robot.infer({**observation, "seed": seed})["actions"]
     expected = _todays_actions(network, name, observation, seed)
     assert served.shape == expected.shape

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -16,6 +14,7 @@ from openpi_triton.triton.reference import load_reference_pipeline
 from openpi_triton.triton.repository import policy_from_repository
 
 from .conftest import MODEL_REPOSITORY, settled_statistics
+from .waiting import run_threads
 
 pytestmark = pytest.mark.integration
 
@@ -72,23 +71,13 @@ def test_same_seed_same_actions_other_seed_other_actions(client):
 
 def test_concurrent_requests_are_batched_in_the_policy_core(client, triton):
     before = settled_statistics(client, "policy_core")
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(16)
-
-    def robot(seed: int) -> None:
-        own = grpcclient.InferenceServerClient(triton.grpc_url)
-        barrier.wait()
-        try:
-            own.infer("libero", infer_inputs(libero_inputs(seed)))
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=robot, args=(seed,)) for seed in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
+    clients = [grpcclient.InferenceServerClient(triton.grpc_url) for _ in range(16)]
+    try:
+        run_threads([lambda seed=seed: clients[seed].infer("libero", infer_inputs(libero_inputs(seed)))
+                     for seed in range(16)])
+    finally:
+        for own in clients:
+            own.close()
     after = settled_statistics(client, "policy_core", before.inference_count + 16)
     assert after.inference_count - before.inference_count == 16
     assert after.execution_count - before.execution_count < 16, "16 concurrent requests ran as 16 separate executions"

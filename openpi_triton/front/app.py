@@ -23,6 +23,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from openpi_triton.config import GRACEFUL_SHUTDOWN_S, WS_PING_INTERVAL_S, WS_PING_TIMEOUT_S, Settings
 from openpi_triton.front.auth import is_authorized
 from openpi_triton.front.drain import Drain, DrainingServer
+from openpi_triton.front.lingering import lingering_protocol
 from openpi_triton.front.metrics import FrontMetrics
 from openpi_triton.front.readiness import Readiness
 from openpi_triton.front.session import RobotConnection
@@ -80,11 +81,11 @@ def create_app(settings: Settings, backend: Backend | None = None,
             finally:
                 await backend.close()
 
-    async def refuse(websocket: WebSocket, status: int, reason: str, metric: str) -> None:
+    async def refuse(websocket: WebSocket, http_status: int, reason: str, metric: str) -> None:
         metrics.rejected.labels(metric).inc()
-        log.info("connection refused", extra={"status": status, "reason": reason})
+        log.info("connection refused", extra={"status": http_status, "reason": reason})
         if "websocket.http.response" in websocket.scope.get("extensions", {}):
-            await websocket.send_denial_response(PlainTextResponse(reason + "\n", status_code=status))
+            await websocket.send_denial_response(PlainTextResponse(reason + "\n", status_code=http_status))
         else:
             await websocket.close(status.WS_1008_POLICY_VIOLATION, reason[:120])
 
@@ -167,7 +168,8 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
     options: dict[str, Any] = {
         "host": settings.host, "port": settings.port, "ws_max_size": settings.max_frame_bytes,
         "log_level": settings.log_level, "ws_ping_interval": WS_PING_INTERVAL_S,
-        "ws_ping_timeout": WS_PING_TIMEOUT_S, "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S, **overrides,
+        "ws_ping_timeout": WS_PING_TIMEOUT_S, "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
+        "ws": lingering_protocol(settings), **overrides,
     }
     return uvicorn.Config(app, **options)
 

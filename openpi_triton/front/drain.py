@@ -38,6 +38,13 @@ class Drain:
                 self._signal.set_result(None)
         return self._signal
 
+    def begin(self) -> None:
+        """Mark the drain as begun: from now on connections answer only the frames they have already read."""
+        self.draining = True
+        signal = self.signal()
+        if not signal.done():
+            signal.set_result(None)
+
     def opened(self) -> None:
         self._connections += 1
 
@@ -49,10 +56,7 @@ class Drain:
     async def drain(self, timeout_s: float, abandon: Callable[[], bool] = lambda: False) -> int:
         """Begin draining and wait until every robot connection has closed itself, at most `timeout_s`
         and not once `abandon()` is true (a second Ctrl-C). Returns how many were still open."""
-        self.draining = True
-        signal = self.signal()
-        if not signal.done():
-            signal.set_result(None)
+        self.begin()
         self._all_closed = asyncio.Event()
         if self._connections == 0:
             return 0

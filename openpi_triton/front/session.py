@@ -99,26 +99,37 @@ class RobotConnection:
             await self._end_sequence()
 
     async def _next_message(self) -> dict[str, Any] | None:
-        """The next websocket message; None after closing the connection for idleness or a drain."""
-        receive = asyncio.ensure_future(self.websocket.receive())
-        draining = self.drain.signal()
-        if not draining.done():
-            await asyncio.wait((receive, draining), timeout=self.settings.idle_timeout_s,
+        """The next websocket message; None after closing the connection for idleness or a drain.
+
+        The drain rule: a frame this connection read before the drain began is answered (the caller
+        handles it; the drain waits for it); a frame read after it began is not, and the connection
+        closes with 1012 (the robot reconnects to another replica). "Read" is the moment
+        `websocket.receive()` handed the frame over, compared with `Drain.draining` at that moment, so
+        the outcome never depends on how the event loop schedules the two."""
+        if not self.drain.draining:
+            receive = asyncio.ensure_future(self._read())
+            await asyncio.wait((receive, self.drain.signal()), timeout=self.settings.idle_timeout_s,
                                return_when=asyncio.FIRST_COMPLETED)
-        for _ in range(3):  # while draining, a frame the server has already received still gets its answer
             if receive.done():
-                return receive.result()
-            await asyncio.sleep(0)
-        receive.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await receive
-        if draining.done():
+                message, read_while_draining = receive.result()
+                if not read_while_draining or message["type"] == "websocket.disconnect":
+                    return message
+            else:
+                receive.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await receive
+        if self.drain.draining:
             log.info("closing connection: server shutting down", extra=self._log_extra())
             await self.websocket.close(status.WS_1012_SERVICE_RESTART, "server shutting down")
         else:
             log.info("closing idle connection", extra=self._log_extra())
             await self.websocket.close(status.WS_1000_NORMAL_CLOSURE, "idle timeout")
         return None
+
+    async def _read(self) -> tuple[dict[str, Any], bool]:
+        """The next websocket message, and whether the drain had begun when it was read."""
+        message = await self.websocket.receive()
+        return message, self.drain.draining
 
     async def _handle(self, frame: bytes, started: float) -> None:
         request_id = f"{self.connection_id}-{next(self._requests)}"
@@ -178,11 +189,13 @@ class RobotConnection:
         except BackendRejected as error:
             raise Refused(f"policy {self.policy.name!r} failed on this observation: {error}", "backend_error") from None
         infer_ms = (time.monotonic() - infer_start) * 1000
-        response = unbatch(self.policy, outputs)
-        self._check_finite(response)
+        # Triton answered: its sequence is live from here on, whether or not the robot gets this answer
+        # (the NaN guard below may refuse it), so the next call continues it and the session's end ends it.
         self.session.calls += 1
         if self.policy.stateful:
             self.session.last_tensors = tensors
+        response = unbatch(self.policy, outputs)
+        self._check_finite(response)
 
         timing: dict[str, float] = {"infer_ms": infer_ms}
         if self._prev_total_ms is not None:
@@ -230,5 +243,9 @@ class RobotConnection:
         tensors, session.last_tensors = session.last_tensors, None
         request_id = f"{self.connection_id}-end-{session.sequence_id}"
         # Triton ends a sequence only with a request: replay the last observation, drop the result.
-        with contextlib.suppress(BackendUnavailable, BackendRejected):
+        try:
             await self.backend.infer(self.policy, tensors, request_id, SequenceFlags(session.sequence_id, end=True))
+        except (BackendUnavailable, BackendRejected) as error:
+            # The robot has moved on; Triton frees the sequence's slot at its idle timeout instead.
+            log.warning("could not end the session's Triton sequence", extra=self._log_extra(
+                request_id=request_id, sequence_id=session.sequence_id, error=str(error)))
