@@ -11,8 +11,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from openpi_triton.triton import replicas as replicas_module
-from openpi_triton.triton.client import BackendUnavailable
+from openpi_triton.triton import replica_set as replica_set_module
+from openpi_triton.triton.backend import BackendUnavailable
 from openpi_triton.triton.replicas import ReplicaPool
 from openpi_triton.triton.repository import policy_from_repository
 
@@ -54,7 +54,7 @@ class FakeReplica:
 @pytest.fixture
 def fake_replicas(monkeypatch: pytest.MonkeyPatch) -> dict[str, FakeReplica]:
     FakeReplica.instances = {}
-    monkeypatch.setattr(replicas_module, "TritonBackend", FakeReplica)
+    monkeypatch.setattr(replica_set_module, "TritonBackend", FakeReplica)
     return FakeReplica.instances
 
 
