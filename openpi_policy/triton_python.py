@@ -18,7 +18,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from openpi_policy.core import OnnxRuntimeCore, config_device, core_settings
-from openpi_policy.pipeline import Preprocessor
+from openpi_policy.history import SessionHistory
+from openpi_policy.pipeline import Preprocessor, model_parameter
 
 
 def _model_dir(args: dict[str, str]) -> Path:
@@ -68,6 +69,43 @@ class PreprocessModel:
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
         return _run_batched(requests, self.preprocessor.input_names, self.output_names, self.preprocessor)
+
+
+class HistoryPreprocessModel:
+    """A stateful preprocess (Triton `sequence_batching` with START, END and CORRID control inputs): each
+    camera's frame joins its session's history (`openpi_policy.history`), whose mosaic the preprocess then
+    takes as that camera; the output `frames_output` says how many frames of history each answer saw.
+    Requests of different sessions in one `execute` are still one batch.
+
+    The `history` parameter: {"depth": 4, "max_sessions": 128, "frames_output": "frames"}."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        self.preprocessor = Preprocessor.from_model_config(config, _model_dir(args))
+        settings = json.loads(model_parameter(config, "history"))
+        self.cameras = [camera.input for camera in self.preprocessor.config.cameras if camera is not None]
+        self.history = SessionHistory(self.cameras, int(settings.get("depth", 4)),
+                                      int(settings.get("max_sessions", 128)))
+        self.frames_output = settings.get("frames_output", "frames")
+        self.output_names = [output["name"] for output in config["output"]]
+
+    def execute(self, requests: Sequence[Any]) -> list[Any]:
+        def work(inputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+            seen = []
+            for request in inputs:
+                sequence, start, end = (int(request[name].reshape(-1)[0]) for name in ("CORRID", "START", "END"))
+                mosaics, frames = self.history.add(sequence, bool(start),
+                                                   {camera: request[camera][0] for camera in self.cameras})
+                request.update({camera: mosaic[None] for camera, mosaic in mosaics.items()})
+                if end:
+                    self.history.end(sequence)
+                seen.append(frames)
+            outputs = self.preprocessor(inputs)
+            outputs[self.frames_output] = np.array(seen, np.int32).reshape(-1, 1)
+            return outputs
+
+        names = [*self.preprocessor.input_names, "CORRID", "START", "END"]
+        return _run_batched(requests, names, self.output_names, work)
 
 
 class PolicyCoreModel:

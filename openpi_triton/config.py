@@ -57,6 +57,10 @@ class Settings:
     # Four 480x640 RGB cameras are 3.7 MB; 16 MiB leaves room for more cameras and state.
     max_frame_bytes: int = 16 * MIB
     max_connections: int = 256
+    # Live sessions of stateful policies (each holds the policy's state for its episode), as vllm-omni's
+    # session manager caps them; one more is refused with a clear error until a session ends. Keep it at
+    # most the `max_candidate_sequences` of the stateful models (model_repository/droid_wam_preprocess).
+    max_live_sessions: int = 64
     # Long enough for a person to reset a scene between episodes without reconnecting.
     idle_timeout_s: float = 900.0
     triton_timeout_s: float = 10.0

@@ -23,6 +23,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from openpi_triton.config import Settings
 from openpi_triton.front.auth import is_authorized
 from openpi_triton.front.drain import Drain, DrainingServer
+from openpi_triton.front.live_sessions import LiveSessions
 from openpi_triton.front.metrics import FrontMetrics
 from openpi_triton.front.session import RobotConnection
 from openpi_triton.triton.client import Backend
@@ -57,6 +58,7 @@ def create_app(settings: Settings, backend: Backend | None = None,
         pool.on_call = metrics.replica_call
     drain = Drain()
     open_connections = 0
+    live_sessions = LiveSessions(settings.max_live_sessions)  # sessions of stateful policies, server-wide
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -112,7 +114,7 @@ def create_app(settings: Settings, backend: Backend | None = None,
         drain.opened()
         try:
             await websocket.accept()
-            await RobotConnection(websocket, policy, backend, settings, metrics, drain).run()
+            await RobotConnection(websocket, policy, backend, settings, metrics, drain, live_sessions).run()
         except WebSocketDisconnect:
             pass
         finally:
