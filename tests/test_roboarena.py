@@ -10,6 +10,7 @@ tritonserver. The clients are written from their public code (see shared/referen
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -261,3 +262,14 @@ def test_the_example_is_listed(wam_front):
     assert wam["stateful"] and wam["metadata"]["n_external_cameras"] == 2
     assert wam["answers"]["infer"] == {"openpi": "bare", "msgpack_numpy": "map"}
     assert "observation/cartesian_position" in wam["observation"]
+
+
+def test_the_client_encoding_is_stated_in_a_log_line(wam_front, caplog):
+    caplog.set_level(logging.INFO, logger="openpi_triton.front")
+    dreamzero, roboarena = DreamZeroClient(wam_front), RoboArenaClient(wam_front)
+    dreamzero.infer(dreamzero_observation(np.random.default_rng(6)))
+    roboarena.infer(roboarena.observation(np.random.default_rng(7), "eval-9"))
+    dreamzero.close(), roboarena.close()
+    decided = [record for record in caplog.records if record.getMessage().startswith("client encoding")]
+    assert {record.encoding for record in decided} >= {"msgpack_numpy", "openpi"}
+    assert any("msgpack-numpy's nd array markers" in record.getMessage() for record in decided)
