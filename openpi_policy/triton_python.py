@@ -104,8 +104,21 @@ class HistoryPreprocessModel:
             outputs[self.frames_output] = np.array(seen, np.int32).reshape(-1, 1)
             return outputs
 
+        # A robot's unusable frame fails its own request only: the other robots of the batch, and every
+        # session's history, never see it.
+        problems = [self._problem(request) for request in requests]
+        usable = [request for request, problem in zip(requests, problems, strict=True) if problem is None]
         names = [*self.preprocessor.input_names, "CORRID", "START", "END"]
-        return _run_batched(requests, names, self.output_names, work)
+        answers = iter(_run_batched(usable, names, self.output_names, work) if usable else [])
+        return [next(answers) if problem is None else pb_utils.InferenceResponse(error=pb_utils.TritonError(problem))
+                for problem in problems]
+
+    def _problem(self, request: Any) -> str | None:
+        for camera in self.cameras:
+            shape = pb_utils.get_input_tensor_by_name(request, camera).as_numpy().shape
+            if len(shape) != 4 or shape[0] != 1 or 0 in shape:
+                return f"camera {camera!r}: expected one [H, W, 3] frame, got shape {list(shape[1:])}"
+        return None
 
 
 class PolicyCoreModel:

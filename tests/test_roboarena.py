@@ -193,6 +193,17 @@ def test_two_robots_interleaving_sessions_see_only_their_own_history(wam_front):
     a.close(), b.close()
 
 
+def test_an_empty_camera_frame_is_refused_and_the_history_keeps_going(wam_front):
+    client = DreamZeroClient(wam_front)
+    rng = np.random.default_rng(8)
+    assert int(client.infer(dreamzero_observation(rng))["frames"][0]) == 1
+    empty = dreamzero_observation(rng) | {"observation/exterior_image_0_left": np.zeros((0, 0, 3), np.uint8)}
+    with pytest.raises(RuntimeError, match="camera 'exterior_image_0_left'"):
+        client.infer(empty)
+    assert int(client.infer(dreamzero_observation(rng))["frames"][0]) == 2
+    client.close()
+
+
 def test_roboarena_reset_restarts_the_history(wam_front):
     """The map answer (msgpack-numpy markers) shows the count; a reset ends the session there too."""
     client = DreamZeroClient(wam_front)

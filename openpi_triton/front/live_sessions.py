@@ -4,6 +4,12 @@ first call until it ends (reset, new session id, disconnect)."""
 
 from __future__ import annotations
 
+from typing import Protocol
+
+
+class _Session(Protocol):
+    live: bool
+
 
 class SessionLimitReached(Exception):
     """No room for another live session; the message says what the robot can do."""
@@ -27,3 +33,15 @@ class LiveSessions:
 
     def close(self) -> None:
         self.count = max(0, self.count - 1)
+
+    def admit(self, session: _Session) -> None:
+        """Count `session` from its first call on (once); raises SessionLimitReached at the limit."""
+        if not session.live:
+            self.open()
+            session.live = True
+
+    def release(self, session: _Session) -> None:
+        """`session` ended (or never started): no longer counted."""
+        if session.live:
+            session.live = False
+            self.close()

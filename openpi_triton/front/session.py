@@ -186,7 +186,10 @@ class RobotConnection:
 
         sequence = None
         if self.policy.stateful:
-            self._open_live_session()
+            try:
+                self.live_sessions.admit(self.session)
+            except SessionLimitReached as error:
+                raise Refused(str(error), "session_limit") from None
             # The first call of a session (a new one, after a reset or a new session_id) starts a Triton
             # sequence: the model sees it as a reset, as vllm-omni's `reset=True`.
             sequence = SequenceFlags(self.session.sequence_id, start=self.session.is_first_call)
@@ -198,7 +201,7 @@ class RobotConnection:
         except SequenceLost as lost:
             # The session goes on under its id with a fresh Triton sequence (on whichever replica takes it);
             # the robot must know that the policy's memory of it is gone.
-            self._close_live_session(self.session)
+            self.live_sessions.release(self.session)
             self.session = self._new_session(self.session.id)
             raise Refused(f"policy {self.policy.name!r} lost this session's state ({lost}); the session starts "
                           "over with your next frame", "session_restarted") from None
@@ -223,23 +226,9 @@ class RobotConnection:
             return await self.backend.infer(self.policy, tensors, request_id, sequence)
         except BaseException:
             if self.session.is_first_call:  # its sequence never started: not a live session
-                self._close_live_session(self.session)
+                self.live_sessions.release(self.session)
             raise
 
-    def _open_live_session(self) -> None:
-        """Count this session among the server's live ones from its first call; refused past the cap."""
-        if self.session.live:
-            return
-        try:
-            self.live_sessions.open()
-        except SessionLimitReached as error:
-            raise Refused(str(error), "session_limit") from None
-        self.session.live = True
-
-    def _close_live_session(self, session: Session) -> None:
-        if session.live:
-            session.live = False
-            self.live_sessions.close()
 
     def _check_finite(self, response: dict[str, Any]) -> None:
         problem = nonfinite_answer(self.policy, response)
@@ -276,7 +265,7 @@ class RobotConnection:
     async def _end_sequence(self) -> None:
         """End the session's Triton sequence (reset, new session id, disconnect), if one was started."""
         session = self.session
-        self._close_live_session(session)
+        self.live_sessions.release(session)
         if not self.policy.stateful or session.last_tensors is None:
             return
         tensors, session.last_tensors = session.last_tensors, None
