@@ -7,8 +7,9 @@ size, newest frame top-left, older ones after it in reading order, black where t
 yet. Frames are resized with pad to a tile when they arrive, so a session holds depth x tile-sized frames
 per camera whatever size its cameras send.
 
-A sequence's START clears its history (the first call of a session, after a reset, or a new session id);
-END frees it after the call. Sequences that Triton drops without END (idle past the model's
+A sequence's START clears its history (the first call of a session, after a reset, or a new session id),
+and so does a new `context` (the prompt: DreamZero rebuilds its state when the prompt changes); END frees
+it after the call. Sequences that Triton drops without END (idle past the model's
 `max_sequence_idle_microseconds`) are evicted least recently used past `max_sessions`.
 """
 
@@ -33,20 +34,22 @@ class SessionHistory:
         self.grid = math.ceil(math.sqrt(depth))
         self.image_size = image_size
         self.tile = image_size // self.grid
-        self._sessions: OrderedDict[int, dict[str, deque[np.ndarray]]] = OrderedDict()
+        self._sessions: OrderedDict[int, tuple[object, dict[str, deque[np.ndarray]]]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def add(self, sequence: int, start: bool, frames: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+    def add(self, sequence: int, start: bool, frames: Mapping[str, np.ndarray],
+            context: object = None) -> tuple[dict[str, np.ndarray], int]:
         """Add one call's frames (camera -> uint8 [H, W, 3]) to the sequence's history; return each camera's
-        mosaic (uint8 [size, size, 3]) and how many frames of history it holds (1 on a START)."""
-        if start or sequence not in self._sessions:
-            self._sessions[sequence] = {camera: deque(maxlen=self.depth) for camera in self.cameras}
+        mosaic (uint8 [size, size, 3]) and how many frames of history it holds (1 on a START or a new
+        `context`)."""
+        if start or sequence not in self._sessions or self._sessions[sequence][0] != context:
+            self._sessions[sequence] = (context, {camera: deque(maxlen=self.depth) for camera in self.cameras})
             while len(self._sessions) > self.max_sessions:
                 self._sessions.popitem(last=False)
         self._sessions.move_to_end(sequence)
-        history = self._sessions[sequence]
+        history = self._sessions[sequence][1]
         for camera in self.cameras:
             history[camera].appendleft(self._to_tile(frames[camera], camera))
         return {camera: self._mosaic(history[camera]) for camera in self.cameras}, len(history[self.cameras[0]])

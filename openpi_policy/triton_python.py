@@ -74,10 +74,13 @@ class PreprocessModel:
 class HistoryPreprocessModel:
     """A stateful preprocess (Triton `sequence_batching` with START, END and CORRID control inputs): each
     camera's frame joins its session's history (`openpi_policy.history`), whose mosaic the preprocess then
-    takes as that camera; the output `frames_output` says how many frames of history each answer saw.
-    Requests of different sessions in one `execute` are still one batch.
+    takes as that camera; the output `frames_output` says how many frames of history each answer saw, and
+    `held_output` (when the config declares it) how many sessions the model holds after the call. A new
+    prompt restarts the history, as DreamZero's does. Requests of different sessions in one `execute` are
+    still one batch.
 
-    The `history` parameter: {"depth": 4, "max_sessions": 128, "frames_output": "frames"}."""
+    The `history` parameter: {"depth": 4, "max_sessions": 128, "frames_output": "frames",
+    "held_output": "held_sessions"}."""
 
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
@@ -87,21 +90,26 @@ class HistoryPreprocessModel:
         self.history = SessionHistory(self.cameras, int(settings.get("depth", 4)),
                                       int(settings.get("max_sessions", 128)))
         self.frames_output = settings.get("frames_output", "frames")
+        self.held_output = settings.get("held_output", "held_sessions")
         self.output_names = [output["name"] for output in config["output"]]
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
         def work(inputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-            seen = []
+            seen, held = [], []
+            prompt = self.preprocessor.config.prompt_input
             for request in inputs:
                 sequence, start, end = (int(request[name].reshape(-1)[0]) for name in ("CORRID", "START", "END"))
+                context = request[prompt].reshape(-1)[0] if prompt else None
                 mosaics, frames = self.history.add(sequence, bool(start),
-                                                   {camera: request[camera][0] for camera in self.cameras})
+                                                   {camera: request[camera][0] for camera in self.cameras}, context)
                 request.update({camera: mosaic[None] for camera, mosaic in mosaics.items()})
                 if end:
                     self.history.end(sequence)
                 seen.append(frames)
+                held.append(len(self.history))
             outputs = self.preprocessor(inputs)
             outputs[self.frames_output] = np.array(seen, np.int32).reshape(-1, 1)
+            outputs[self.held_output] = np.array(held, np.int32).reshape(-1, 1)
             return outputs
 
         # A robot's unusable frame fails its own request only: the other robots of the batch, and every

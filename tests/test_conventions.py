@@ -158,3 +158,10 @@ def test_history_forgets_the_least_recently_used_session_past_its_bound():
         history.add(sequence, start=False, frames={"a": frame(1)})
     assert len(history) == 2
     assert history.add(2, start=False, frames={"a": frame(1)})[1] == 1  # session 2 was evicted
+
+
+def test_a_new_context_restarts_the_history():
+    history = SessionHistory(["a"], depth=4, max_sessions=2)
+    counts = [history.add(1, start=False, frames={"a": frame(1)}, context=prompt)[1]
+              for prompt in (b"open", b"open", b"close", b"close", b"close")]
+    assert counts == [1, 2, 1, 2, 3]

@@ -193,6 +193,65 @@ def test_two_robots_interleaving_sessions_see_only_their_own_history(wam_front):
     a.close(), b.close()
 
 
+def held_sessions(client: grpcclient.InferenceServerClient) -> int:
+    """How many sessions droid_wam's model holds, asked directly of Triton by a one-call sequence of its own
+    (started and ended in that call, so not counted)."""
+    inputs = []
+    arrays = {name: np.zeros((1, 8, 8, 3), np.uint8)
+              for name in ("exterior_image_0_left", "exterior_image_1_left", "wrist_image_left")}
+    arrays |= {"joint_position": np.zeros((1, 7), np.float32), "cartesian_position": np.zeros((1, 6), np.float32),
+               "gripper_position": np.zeros((1, 1), np.float32), "seed": np.zeros((1, 1), np.int64),
+               "prompt": np.array([[b"observe"]], dtype=object)}
+    for name, array in arrays.items():
+        tensor = grpcclient.InferInput(name, list(array.shape), "BYTES" if array.dtype == object else
+                                       {np.uint8: "UINT8", np.float32: "FP32", np.int64: "INT64"}[array.dtype.type])
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    result = client.infer("droid_wam", inputs, outputs=[grpcclient.InferRequestedOutput("held_sessions")],
+                          sequence_id=int(uuid.uuid4().int % 2**62) + 1, sequence_start=True, sequence_end=True,
+                          client_timeout=60)
+    return int(result.as_numpy("held_sessions")[0, 0])
+
+
+def settled_held_sessions(client: grpcclient.InferenceServerClient, timeout_s: float = 10) -> int:
+    """held_sessions once two readings agree (the sequences of robots that just left end asynchronously)."""
+    deadline, previous = time.monotonic() + timeout_s, None
+    while True:
+        held = held_sessions(client)
+        if held == previous or time.monotonic() > deadline:
+            return held
+        previous = held
+        time.sleep(0.3)
+
+
+def test_the_model_frees_a_session_on_new_session_id_reset_and_disconnect(wam_front, triton):
+    grpc = grpcclient.InferenceServerClient(triton.grpc_url)
+    base = settled_held_sessions(grpc)
+    client = DreamZeroClient(wam_front)
+    rng = np.random.default_rng(9)
+    client.infer(dreamzero_observation(rng)), client.infer(dreamzero_observation(rng))
+    assert held_sessions(grpc) == base + 1
+    client.reset()  # a new session id: the old session ends, the new one starts
+    assert int(client.infer(dreamzero_observation(rng))["frames"][0]) == 1
+    assert held_sessions(grpc) == base + 1
+    client.ws.send(msgpack.packb({"endpoint": "reset"}))
+    assert client.ws.recv(timeout=RECV_TIMEOUT_S) == "reset successful"
+    assert held_sessions(grpc) == base
+    client.infer(dreamzero_observation(rng))
+    assert held_sessions(grpc) == base + 1
+    client.close()
+    assert settled_held_sessions(grpc) == base
+
+
+def test_a_new_prompt_restarts_the_history(wam_front):
+    client = DreamZeroClient(wam_front)
+    rng = np.random.default_rng(10)
+    frames = [int(client.infer(dreamzero_observation(rng, prompt=prompt))["frames"][0])
+              for prompt in ("open the drawer", "open the drawer", "close the drawer", "close the drawer")]
+    assert frames == [1, 2, 1, 2]
+    client.close()
+
+
 def test_an_empty_camera_frame_is_refused_and_the_history_keeps_going(wam_front):
     client = DreamZeroClient(wam_front)
     rng = np.random.default_rng(8)
