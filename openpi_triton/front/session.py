@@ -229,7 +229,6 @@ class RobotConnection:
                 self.live_sessions.release(self.session)
             raise
 
-
     def _check_finite(self, response: dict[str, Any]) -> None:
         problem = nonfinite_answer(self.policy, response)
         if problem is not None:
