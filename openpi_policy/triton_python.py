@@ -19,7 +19,8 @@ import triton_python_backend_utils as pb_utils
 
 from openpi_policy.core import OnnxRuntimeCore
 from openpi_policy.core_config import config_device, core_settings
-from openpi_policy.pipeline import Preprocessor
+from openpi_policy.history import SessionHistory
+from openpi_policy.pipeline import Preprocessor, model_parameter
 
 
 def _model_dir(args: dict[str, str]) -> Path:
@@ -69,6 +70,64 @@ class PreprocessModel:
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
         return _run_batched(requests, self.preprocessor.input_names, self.output_names, self.preprocessor)
+
+
+class HistoryPreprocessModel:
+    """A stateful preprocess (Triton `sequence_batching` with START, END and CORRID control inputs): each
+    camera's frame joins its session's history (`openpi_policy.history`), whose mosaic the preprocess then
+    takes as that camera; the output `frames_output` says how many frames of history each answer saw, and
+    `held_output` (when the config declares it) how many sessions the model holds after the call. A new
+    prompt restarts the history, as DreamZero's does. Requests of different sessions in one `execute` are
+    still one batch.
+
+    The `history` parameter: {"depth": 4, "max_sessions": 128, "frames_output": "frames",
+    "held_output": "held_sessions"}."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        self.preprocessor = Preprocessor.from_model_config(config, _model_dir(args))
+        settings = json.loads(model_parameter(config, "history"))
+        self.cameras = [camera.input for camera in self.preprocessor.config.cameras if camera is not None]
+        self.history = SessionHistory(self.cameras, int(settings.get("depth", 4)),
+                                      int(settings.get("max_sessions", 128)))
+        self.frames_output = settings.get("frames_output", "frames")
+        self.held_output = settings.get("held_output", "held_sessions")
+        self.output_names = [output["name"] for output in config["output"]]
+
+    def execute(self, requests: Sequence[Any]) -> list[Any]:
+        def work(inputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+            seen, held = [], []
+            prompt = self.preprocessor.config.prompt_input
+            for request in inputs:
+                sequence, start, end = (int(request[name].reshape(-1)[0]) for name in ("CORRID", "START", "END"))
+                context = request[prompt].reshape(-1)[0] if prompt else None
+                mosaics, frames = self.history.add(sequence, bool(start),
+                                                   {camera: request[camera][0] for camera in self.cameras}, context)
+                request.update({camera: mosaic[None] for camera, mosaic in mosaics.items()})
+                if end:
+                    self.history.end(sequence)
+                seen.append(frames)
+                held.append(len(self.history))
+            outputs = self.preprocessor(inputs)
+            outputs[self.frames_output] = np.array(seen, np.int32).reshape(-1, 1)
+            outputs[self.held_output] = np.array(held, np.int32).reshape(-1, 1)
+            return outputs
+
+        # A robot's unusable frame fails its own request only: the other robots of the batch, and every
+        # session's history, never see it.
+        problems = [self._problem(request) for request in requests]
+        usable = [request for request, problem in zip(requests, problems, strict=True) if problem is None]
+        names = [*self.preprocessor.input_names, "CORRID", "START", "END"]
+        answers = iter(_run_batched(usable, names, self.output_names, work) if usable else [])
+        return [next(answers) if problem is None else pb_utils.InferenceResponse(error=pb_utils.TritonError(problem))
+                for problem in problems]
+
+    def _problem(self, request: Any) -> str | None:
+        for camera in self.cameras:
+            shape = pb_utils.get_input_tensor_by_name(request, camera).as_numpy().shape
+            if len(shape) != 4 or shape[0] != 1 or 0 in shape:
+                return f"camera {camera!r}: expected one [H, W, 3] frame, got shape {list(shape[1:])}"
+        return None
 
 
 class PolicyCoreModel:

@@ -107,6 +107,10 @@ class Settings:
     # reset destroys the close frame. Ends early when the robot closes its side.
     oversized_frame_linger_s: float = 10.0
     max_connections: int = 256
+    # Live sessions of stateful policies (each holds the policy's state for its episode), as vllm-omni's
+    # session manager caps them; one more is refused with a clear error until a session ends. Keep it at
+    # most the `max_candidate_sequences` of the stateful models (model_repository/droid_wam_preprocess).
+    max_live_sessions: int = 64
     # Long enough for a person to reset a scene between episodes without reconnecting.
     idle_timeout_s: float = 900.0
     triton_timeout_s: float = TRITON_TIMEOUT_S

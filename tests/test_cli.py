@@ -38,7 +38,7 @@ def edit(path: Path, old: str, new: str) -> None:
 def test_the_shipped_repository_passes():
     result = cli("check", "--model-repository", str(MODEL_REPOSITORY))
     assert result.returncode == 0, result.stdout
-    assert "4 policies: aloha, droid, libero, so100" in result.stdout
+    assert "5 policies: aloha, droid, droid_wam, libero, so100" in result.stdout
 
 
 def test_observation_map_to_an_unknown_input(repository):

@@ -119,11 +119,15 @@ def test_an_extreme_state_never_gets_non_finite_actions(client):
 
 
 def test_msgpack_numpy_package_arrays_and_scalars_are_accepted(client):
+    """A client of the msgpack-numpy package gets its answers in that package's markers (decided per
+    connection from its frames); an openpi-client robot keeps openpi's."""
     with connect(client) as ws:
         obs = {**observation(), "seed": np.int64(7)}
-        with_package = reply(ws, msgpack.packb(obs, default=msgpack_numpy_package.encode))
+        ws.send_bytes(msgpack.packb(obs, default=msgpack_numpy_package.encode))
+        with_package = msgpack.unpackb(ws.receive_bytes(), object_hook=msgpack_numpy_package.decode)
+    with connect(client) as ws:
         with_openpi = reply(ws, msgpack_numpy.packb({**observation(), "seed": 7}))
-        assert with_package["actions"].shape == (10, 7)
+        assert with_package["actions"].shape == (10, 7) and with_package["actions"].dtype == np.float32
         # Same observation, same seed: the two encodings decode to the same request.
         np.testing.assert_array_equal(with_package["actions"], with_openpi["actions"])
 

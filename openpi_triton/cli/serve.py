@@ -57,6 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_env_flag(p, "api-key-file", Path, None, "file with one API key per line")
     add_env_flag(p, "max-frame-bytes", int, d.max_frame_bytes, "largest accepted frame; larger closes with 1009")
     add_env_flag(p, "max-connections", int, d.max_connections, "concurrent robots; one more is refused with 1013")
+    add_env_flag(p, "max-live-sessions", int, d.max_live_sessions,
+                 "live sessions of stateful policies; one more is refused with an error text until one ends")
     add_env_flag(p, "idle-timeout", float, d.idle_timeout_s, "seconds without a frame before a connection is closed")
     add_env_flag(p, "triton-timeout", float, d.triton_timeout_s, "seconds to wait for Triton on each call")
     default_switch = next(word for word, value in SHARED_MEMORY_SWITCH.items() if value is d.triton_shared_memory)
@@ -102,7 +104,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         tritonserver=args.tritonserver,
         default_policy=args.default_policy,
         api_keys=read_api_keys(args.api_keys, args.api_key_file), max_frame_bytes=args.max_frame_bytes,
-        max_connections=args.max_connections, idle_timeout_s=args.idle_timeout,
+        max_connections=args.max_connections, max_live_sessions=args.max_live_sessions,
+        idle_timeout_s=args.idle_timeout,
         triton_timeout_s=args.triton_timeout, log_level=args.log_level, drain_timeout_s=args.drain_timeout,
         triton_restart_delay_s=args.triton_restart_delay, triton_restart_max_delay_s=args.triton_restart_max_delay,
         triton_shared_memory=SHARED_MEMORY_SWITCH[args.triton_shared_memory],

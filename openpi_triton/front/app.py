@@ -24,6 +24,7 @@ from openpi_triton.config import GRACEFUL_SHUTDOWN_S, WS_PING_INTERVAL_S, WS_PIN
 from openpi_triton.front.auth import is_authorized
 from openpi_triton.front.drain import Drain, DrainingServer
 from openpi_triton.front.lingering import lingering_protocol
+from openpi_triton.front.live_sessions import LiveSessions
 from openpi_triton.front.metrics import FrontMetrics
 from openpi_triton.front.readiness import Readiness
 from openpi_triton.front.session import RobotConnection
@@ -53,6 +54,7 @@ def create_app(settings: Settings, backend: Backend | None = None,
     drain = Drain()
     readiness = Readiness(backend, settings.default_policy)
     open_connections = 0
+    live_sessions = LiveSessions(settings.max_live_sessions)  # sessions of stateful policies, server-wide
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -114,7 +116,7 @@ def create_app(settings: Settings, backend: Backend | None = None,
         drain.opened()
         try:
             await websocket.accept()
-            await RobotConnection(websocket, policy, backend, settings, metrics, drain).run()
+            await RobotConnection(websocket, policy, backend, settings, metrics, drain, live_sessions).run()
         except WebSocketDisconnect:
             pass
         finally:

@@ -21,6 +21,9 @@ import numpy as np
 # floats and fixed-width strings only; V (void), O (object) and c (complex) never get this far.
 _DTYPE = re.compile(r"^[<>|=]?[biufUS]\d{1,4}$")
 _REFUSED_KINDS = {"V": "void", "O": "object", "c": "complex", "M": "datetime", "m": "timedelta"}
+# The two array marker formats, by what writes them: openpi-client's and the msgpack-numpy package's.
+OPENPI_MARKERS = "openpi"
+MSGPACK_NUMPY_MARKERS = "msgpack_numpy"
 MAX_NDIM = 32
 MAX_NESTING = 16
 
@@ -107,9 +110,15 @@ def _raw_scalar(data: Any, dtype_raw: Any, where: str) -> np.generic:
     return array_from_bytes(data, dtype_raw, [], where)[()]
 
 
-def decode_marker(node: Mapping[Any, Any], where: str) -> Any:
-    """An array or scalar if `node` is one of the two marker formats, else None."""
+def decode_marker(node: Mapping[Any, Any], where: str, seen: set[str] | None = None) -> Any:
+    """An array or scalar if `node` is one of the two marker formats, else None. The format found is added
+    to `seen` (OPENPI_MARKERS or MSGPACK_NUMPY_MARKERS)."""
     keys = {text(key): value for key, value in node.items()}
+    if keys.get("__ndarray__") is True or keys.get("__npgeneric__") is True:
+        if seen is not None:
+            seen.add(OPENPI_MARKERS)
+    elif keys.get("nd") is not None and "type" in keys and seen is not None:
+        seen.add(MSGPACK_NUMPY_MARKERS)
     if keys.get("__ndarray__") is True:
         return array_from_bytes(keys.get("data"), keys.get("dtype"), keys.get("shape"), where)
     if keys.get("__npgeneric__") is True:
@@ -123,17 +132,18 @@ def decode_marker(node: Mapping[Any, Any], where: str) -> Any:
     return None
 
 
-def flatten(tree: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested maps with '/' and decode every array marker, naming the key in any error."""
+def flatten(tree: Mapping[Any, Any], prefix: str = "", seen: set[str] | None = None) -> dict[str, Any]:
+    """Flatten nested maps with '/' and decode every array marker, naming the key in any error; the marker
+    formats found are added to `seen`."""
     if prefix.count("/") >= MAX_NESTING:
         raise ProtocolError(f"key {prefix.rstrip('/')!r}: maps nested deeper than {MAX_NESTING} levels")
     flat: dict[str, Any] = {}
     for raw_key, value in tree.items():
         key = f"{prefix}{text(raw_key)}"
         if isinstance(value, dict):
-            decoded = decode_marker(value, f"key {key!r}")
+            decoded = decode_marker(value, f"key {key!r}", seen)
             if decoded is None:
-                flat.update(flatten(value, f"{key}/"))
+                flat.update(flatten(value, f"{key}/", seen))
             else:
                 flat[key] = decoded
         else:
@@ -141,15 +151,16 @@ def flatten(tree: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def decode_frame(frame: bytes) -> dict[str, Any]:
-    """A binary frame -> the flat message map (arrays decoded). Raises ProtocolError."""
+def decode_frame(frame: bytes, seen: set[str] | None = None) -> dict[str, Any]:
+    """A binary frame -> the flat message map (arrays decoded). Raises ProtocolError. The array marker
+    formats the frame uses are added to `seen`."""
     try:
         message = msgpack.unpackb(frame, raw=False, use_list=True)
     except Exception as error:  # msgpack raises several unrelated types for malformed input
         raise ProtocolError(f"the frame is not valid msgpack ({type(error).__name__}: {error})") from None
     if not isinstance(message, dict):
         raise ProtocolError(f"expected a msgpack map (the observation dict), got {type(message).__name__}")
-    return flatten(message)
+    return flatten(message, seen=seen)
 
 
 def _encode_default(obj: Any) -> Any:
@@ -162,6 +173,20 @@ def _encode_default(obj: Any) -> Any:
     raise TypeError(f"cannot encode {type(obj).__name__}")
 
 
-def encode(obj: Any) -> bytes:
-    """Encode a response exactly as openpi-client's `msgpack_numpy.unpackb` expects it."""
-    return msgpack.packb(obj, default=_encode_default)
+def _encode_msgpack_numpy(obj: Any) -> Any:
+    """The msgpack-numpy package's markers: raw bytes for arrays and scalars alike."""
+    if isinstance(obj, (np.ndarray, np.generic)):
+        if obj.dtype.kind in ("V", "O", "c"):
+            raise TypeError(f"cannot send {obj.dtype} arrays")
+        array = np.asarray(obj)
+        if isinstance(obj, np.generic):
+            return {b"nd": False, b"type": obj.dtype.str, b"data": array.tobytes()}
+        return {b"nd": True, b"type": obj.dtype.str, b"kind": b"", b"shape": obj.shape, b"data": array.tobytes()}
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+def encode(obj: Any, markers: str = OPENPI_MARKERS) -> bytes:
+    """Encode a response exactly as openpi-client's `msgpack_numpy.unpackb` expects it, or, with
+    `markers=MSGPACK_NUMPY_MARKERS`, as the msgpack-numpy package's `unpackb` does."""
+    default = _encode_msgpack_numpy if markers == MSGPACK_NUMPY_MARKERS else _encode_default
+    return msgpack.packb(obj, default=default)

@@ -19,7 +19,9 @@ from starlette.websockets import WebSocket
 
 from openpi_triton.config import Settings
 from openpi_triton.front.codec import ProtocolError, Refused, decode_frame, encode
+from openpi_triton.front.conventions import ClientEncoding, infer_answer, reset_answer
 from openpi_triton.front.drain import Drain
+from openpi_triton.front.live_sessions import LiveSessions, SessionLimitReached
 from openpi_triton.front.metrics import FrontMetrics
 from openpi_triton.front.observations import nonfinite_answer, observation_to_tensors, unbatch
 from openpi_triton.triton.backend import Backend, BackendRejected, BackendUnavailable, SequenceFlags, SequenceLost
@@ -42,6 +44,7 @@ class Session:
     calls: int = 0
     sequence_id: int = 0
     last_tensors: dict[str, np.ndarray] | None = None  # replayed to end a Triton sequence
+    live: bool = False  # counted in the server's live sessions (a stateful policy's session once started)
 
     @property
     def is_first_call(self) -> bool:
@@ -61,10 +64,13 @@ class RobotConnection:
     limit."""
 
     def __init__(self, websocket: WebSocket, policy: Policy, backend: Backend,
-                 settings: Settings, metrics: FrontMetrics, drain: Drain | None = None) -> None:
+                 settings: Settings, metrics: FrontMetrics, drain: Drain | None = None,
+                 live_sessions: LiveSessions | None = None) -> None:
         self.websocket, self.policy, self.backend = websocket, policy, backend
         self.settings, self.metrics = settings, metrics
         self.drain = drain if drain is not None else Drain()
+        self.live_sessions = live_sessions if live_sessions is not None else LiveSessions(settings.max_live_sessions)
+        self.encoding = ClientEncoding(self._log_extra)
         self.connection_id = uuid.uuid4().hex[:12]
         self.session = self._new_session(None)
         self._requests = itertools.count(1)
@@ -146,7 +152,10 @@ class RobotConnection:
                 await self._send_error(f"internal server error on this frame ({type(error).__name__}); the "
                                        "connection stays open", "internal_error", self._endpoint, request_id)
                 return
-            await self.websocket.send_bytes(answer)
+            if isinstance(answer, str):  # a convention's text reply (RoboArena's reset)
+                await self.websocket.send_text(answer)
+            else:
+                await self.websocket.send_bytes(answer)
         finally:
             self.metrics.in_flight.dec()
         total = time.monotonic() - started
@@ -155,10 +164,13 @@ class RobotConnection:
             self._prev_total_ms = total * 1000
             self.metrics.latency.labels(self.policy.name, PROTOCOL).observe(total)
 
-    async def _answer(self, frame: bytes, request_id: str) -> bytes:
-        """The encoded answer to one frame; raises Refused with the text the robot gets instead."""
+    async def _answer(self, frame: bytes, request_id: str) -> bytes | str:
+        """The encoded answer to one frame (in the policy's answer convention, with the client's array
+        markers); raises Refused with the text the robot gets instead."""
         try:
-            message = decode_frame(frame)
+            seen: set[str] = set()
+            message = decode_frame(frame, seen)
+            self.encoding.observe(seen)
             self._endpoint, session_id, seed = self._control(message)
             if session_id is not None and session_id != self.session.id:
                 await self._end_sequence()
@@ -166,7 +178,10 @@ class RobotConnection:
             if self._endpoint == "reset":
                 await self._end_sequence()
                 self.session = self._new_session(session_id)
-                return encode({"status": "reset successful"})
+                return reset_answer(self.policy, self.encoding.markers)
+            if session_id is None and self.policy.convention.session_id_required:
+                raise ProtocolError(f"policy {self.policy.name!r} needs a 'session_id' with every infer (its "
+                                    "handshake says needs_session_id: true)")
             observation = {key: value for key, value in message.items() if key not in CONTROL_KEYS}
             tensors = observation_to_tensors(self.policy, observation, seed)
         except ProtocolError as error:
@@ -174,15 +189,22 @@ class RobotConnection:
 
         sequence = None
         if self.policy.stateful:
+            try:
+                self.live_sessions.admit(self.session)
+            except SessionLimitReached as error:
+                raise Refused(str(error), "session_limit") from None
+            # The first call of a session (a new one, after a reset or a new session_id) starts a Triton
+            # sequence: the model sees it as a reset, as vllm-omni's `reset=True`.
             sequence = SequenceFlags(self.session.sequence_id, start=self.session.is_first_call)
         infer_start = time.monotonic()
         try:
-            outputs = await self.backend.infer(self.policy, tensors, request_id, sequence)
+            outputs = await self._infer_in_session(tensors, request_id, sequence)
         except BackendUnavailable as error:
             raise Refused(str(error), "backend_unavailable") from None
         except SequenceLost as lost:
             # The session goes on under its id with a fresh Triton sequence (on whichever replica takes it);
             # the robot must know that the policy's memory of it is gone.
+            self.live_sessions.release(self.session)
             self.session = self._new_session(self.session.id)
             raise Refused(f"policy {self.policy.name!r} lost this session's state ({lost}); the session starts "
                           "over with your next frame", "session_restarted") from None
@@ -201,7 +223,16 @@ class RobotConnection:
         if self._prev_total_ms is not None:
             timing["prev_total_ms"] = self._prev_total_ms
         log.debug("inference", extra=self._log_extra(request_id=request_id, infer_ms=round(infer_ms, 3)))
-        return encode({**response, "server_timing": timing})
+        return infer_answer(self.policy, response, timing, self.encoding.markers)
+
+    async def _infer_in_session(self, tensors: dict[str, np.ndarray], request_id: str,
+                                sequence: SequenceFlags | None) -> dict[str, np.ndarray]:
+        try:
+            return await self.backend.infer(self.policy, tensors, request_id, sequence)
+        except BaseException:
+            if self.session.is_first_call:  # its sequence never started: not a live session
+                self.live_sessions.release(self.session)
+            raise
 
     def _check_finite(self, response: dict[str, Any]) -> None:
         problem = nonfinite_answer(self.policy, response)
@@ -238,6 +269,7 @@ class RobotConnection:
     async def _end_sequence(self) -> None:
         """End the session's Triton sequence (reset, new session id, disconnect), if one was started."""
         session = self.session
+        self.live_sessions.release(session)
         if not self.policy.stateful or session.last_tensors is None:
             return
         tensors, session.last_tensors = session.last_tensors, None

@@ -9,6 +9,7 @@ response keys; Triton's own input metadata gives each input's dtype and shape:
     seed_input       "seed"        (optional: the model input that receives the sampling seed)
     stateful         "true"        (optional: or the model has `sequence_batching` itself)
     gr00t_modality_config  {...}   (optional: what a GR00T client is told; see `triton.modality`)
+    answer_convention      {...}   (optional: handshake, infer and reset answer forms; see `triton.conventions`)
 
 A `slice` answers with `slice[i]` entries of each axis i of one example, from `offset[i]` (0 unless an
 `offset` is given): {"output": "actions", "slice": [16, 1], "offset": [0, 5]} is actions[:16, 5:6].
@@ -25,6 +26,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from openpi_triton.triton.conventions import (
+    DEFAULT_CONVENTION,
+    AnswerConvention,
+    ConventionError,
+    convention_from_parameter,
+)
 from openpi_triton.triton.modality import ModalityConfig, observation_key, parse_modality_config
 from openpi_triton.triton.tensors import TRITON_DTYPES, triton_datatype
 
@@ -64,6 +71,7 @@ class Policy:
     models: tuple[str, ...] = ()
     max_batch_size: int = 0  # rows of one call (Triton's max_batch_size; 0: not batched)
     modality: ModalityConfig | None = None  # for GR00T clients
+    convention: AnswerConvention = DEFAULT_CONVENTION  # how answers look on the wire
 
     @property
     def required_keys(self) -> list[str]:
@@ -85,6 +93,7 @@ class Policy:
             "outputs": list(self.outputs),
             "stateful": self.stateful,
             "gr00t": self.modality is not None,
+            "answers": self.convention.describe(),
         }
 
 
@@ -154,6 +163,11 @@ def policy_from_config(config: Mapping[str, Any]) -> Policy:
     unknown = set(outputs.values()) - set(model_outputs)
     if unknown:
         raise PolicyConfigError(f"model {name!r}: 'output_map' names unknown outputs {sorted(unknown)}")
+    try:
+        convention = convention_from_parameter(_json_parameter(params, "answer_convention", name, None),
+                                               metadata, outputs)
+    except ConventionError as error:
+        raise PolicyConfigError(f"model {name!r}: 'answer_convention' {error}") from None
 
     policy = Policy(
         name=name, metadata=metadata, inputs=tuple(inputs), outputs=outputs, seed_input=seed_input,
@@ -161,7 +175,7 @@ def policy_from_config(config: Mapping[str, Any]) -> Policy:
         batched=int(config.get("max_batch_size", 0)) > 0, slices=slices, offsets=offsets,
         models=(name, *dict.fromkeys(step["model_name"] for step in
                                      config.get("ensemble_scheduling", {}).get("step", []))),
-        max_batch_size=int(config.get("max_batch_size", 0)),
+        max_batch_size=int(config.get("max_batch_size", 0)), convention=convention,
     )
     if "gr00t_modality_config" not in params:
         return policy
