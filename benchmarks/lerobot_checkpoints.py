@@ -168,3 +168,76 @@ def _save(directory: Path, policy: Any, cfg: Any, robot: RobotFeatures) -> Path:
     preprocessor.save_pretrained(directory)
     postprocessor.save_pretrained(directory)
     return directory
+
+
+PALIGEMMA_TOKENIZER = "google/paligemma-3b-pt-224"  # what LeRobot's pi0/pi0.5 preprocessors name (gated)
+TINY_PI_PLUGIN = Path(__file__).with_name("lerobot_tiny_pi.py")
+
+
+def build_paligemma_tokenizer(directory: Path) -> Path:
+    """A local stand-in for PaliGemma's tokenizer (gated on the Hub): same special tokens, tiny vocabulary."""
+    build_tokenizer(Path(directory), 512)
+    return Path(directory)
+
+
+def pi_runtime_installed() -> bool:
+    """pi0/pi0.5 in LeRobot 0.4 run only on LeRobot's fork of transformers, which marks itself so."""
+    import importlib.util
+
+    return importlib.util.find_spec("transformers.models.siglip.check") is not None
+
+
+def build_pi(directory: Path, policy_type: str = "pi0", robot: RobotFeatures = RobotFeatures(),
+             tokenizer_dir: Path | None = None, seed: int = 0, weights: bool | None = None, **config: Any) -> Path:
+    """A pi0 or pi0.5 checkpoint at tiny sizes (`lerobot_tiny_pi.py`, imported here and by the server as a
+    plugin, shrinks the fixed Gemma variants), saved as LeRobot saves it; its preprocessor names PaliGemma's
+    Hub tokenizer, as real pi0 checkpoints do, so serving it needs --lerobot-tokenizer (`tokenizer_dir`).
+    Without LeRobot's transformers fork (`pi_runtime_installed`) the policy cannot be built: `weights=False`
+    then writes config and processors beside an empty model.safetensors (enough for start-up refusals)."""
+    import importlib
+    from unittest import mock
+
+    import torch
+    from lerobot.policies.factory import make_pre_post_processors
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer
+
+    importlib.import_module("lerobot.policies")
+    plugin = importlib.util.spec_from_file_location("lerobot_plugin_lerobot_tiny_pi", TINY_PI_PLUGIN)
+    module = importlib.util.module_from_spec(plugin)
+    plugin.loader.exec_module(module)
+    directory = Path(directory)
+    tokenizer_dir = build_paligemma_tokenizer(directory.parent / f"{directory.name}_tokenizer") \
+        if tokenizer_dir is None else tokenizer_dir
+    if policy_type == "pi0":
+        from lerobot.policies.pi0.configuration_pi0 import PI0Config as Config
+        from lerobot.policies.pi0.modeling_pi0 import PI0Policy as Policy
+    else:
+        from lerobot.policies.pi05.configuration_pi05 import PI05Config as Config
+        from lerobot.policies.pi05.modeling_pi05 import PI05Policy as Policy
+    defaults = {"device": "cpu", "input_features": robot.input_features(), "output_features": robot.output_features(),
+                "chunk_size": 10, "n_action_steps": 10, "num_inference_steps": 3, "max_state_dim": 16,
+                "max_action_dim": 16, "tokenizer_max_length": 16, "image_resolution": (28, 28)}
+    cfg = Config(**{**defaults, **config})
+    if weights is None:
+        weights = pi_runtime_installed()
+    directory.mkdir(parents=True, exist_ok=True)
+    if weights:
+        torch.manual_seed(seed)
+        policy = Policy(cfg)
+        _randomise(policy, seed)
+        policy.save_pretrained(directory)
+    else:
+        cfg._save_pretrained(directory)
+        save_file({}, str(directory / "model.safetensors"))
+    local = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    real = AutoTokenizer.from_pretrained
+
+    def tokenizer(name: str, *args: Any, **kwargs: Any) -> Any:
+        return local if name == PALIGEMMA_TOKENIZER else real(name, *args, **kwargs)
+
+    with mock.patch.object(AutoTokenizer, "from_pretrained", side_effect=tokenizer):
+        preprocessor, postprocessor = make_pre_post_processors(cfg, dataset_stats=robot.stats())
+    preprocessor.save_pretrained(directory)
+    postprocessor.save_pretrained(directory)
+    return directory

@@ -18,6 +18,18 @@ from openpi_triton.front.app import create_app, front_server
 from openpi_triton.process import free_port
 from openpi_triton.triton.embedded import EmbeddedTriton
 
+from .lerobot_fixtures import (  # noqa: F401  (LeRobot checkpoints, built once per session)
+    droid_runner,
+    droid_smolvla_checkpoint,
+    lerobot_dir,
+    lerobot_policies,
+    lerobot_repository,
+    lerobot_triton,
+    smolvla_checkpoint,
+    smolvla_runner,
+    smolvlm_dir,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = ROOT / "model_repository"
 TEST_MODEL_REPOSITORY = Path(__file__).resolve().parent / "model_repository"

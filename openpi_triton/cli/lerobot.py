@@ -39,7 +39,8 @@ def add_lerobot_flags(parser: argparse.ArgumentParser) -> None:
                         metavar="NAME=DIR", help="tokenizer directory (or Hub id) for policy NAME instead of the one "
                         "its preprocessor names, e.g. a local copy of the gated google/paligemma-3b-pt-224")
     parser.add_argument("--lerobot-device", action="append", default=_env_list("lerobot-device"), metavar="NAME=DEV",
-                        help="torch device of policy NAME (cpu, cuda); default: CUDA on a GPU instance, else CPU")
+                        help="torch device of policy NAME (cpu, cuda); default: CUDA when this host has it, "
+                        "else the CPU")
     parser.add_argument("--lerobot-plugin", action="append", default=_env_list("lerobot-plugin"), metavar="MODULE",
                         help="a module or .py file imported before checkpoints are read (a LeRobot plugin that "
                         "registers a policy type)")

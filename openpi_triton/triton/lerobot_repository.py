@@ -33,7 +33,7 @@ class LeRobotPolicy:
     source: str                      # a LeRobot policy directory or a Hub id
     keys: str | None = None          # key map: None (the checkpoint's names), a preset or a JSON file
     tokenizer: str | None = None     # instead of the tokenizer the saved preprocessor names
-    device: str | None = None        # None: CUDA on a GPU instance, else the CPU
+    device: str | None = None        # None: CUDA when this host has it (a KIND_GPU instance), else the CPU
     plugins: tuple[str, ...] = ()    # imported before the checkpoint is read
     max_batch_size: int = LEROBOT_MAX_BATCH_SIZE
 
@@ -76,6 +76,13 @@ def _string(value: Any) -> dict[str, str]:
     return {"string_value": value if isinstance(value, str) else json.dumps(value)}
 
 
+def _cuda_here() -> bool:
+    """Whether this host has a CUDA device (then a policy without --lerobot-device runs on it)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _absolute(path: str) -> str:
     """A local path made absolute (tritonserver's python stubs run elsewhere); a Hub id as it is."""
     return str(Path(path).expanduser().resolve()) if Path(path).expanduser().exists() else path
@@ -87,7 +94,7 @@ def _configs(prepared: PreparedPolicy, checkpoint: str) -> dict[str, dict[str, A
     inputs = [_tensor(k.input, k.datatype, k.dims) for k in key_map.keys] + [_tensor("seed", "TYPE_INT64", [1])]
     action_dim = meta["output_features"]["action"]["shape"][-1]
     outputs = [_tensor("actions", "TYPE_FP32", [meta["chunk_size"], action_dim])]
-    on_gpu = (policy.device or "").startswith("cuda")
+    on_gpu = (policy.device or ("cuda" if _cuda_here() else "cpu")).startswith("cuda")
     python_model = {
         "name": model, "backend": "python", "max_batch_size": policy.max_batch_size,
         "input": inputs, "output": outputs,
