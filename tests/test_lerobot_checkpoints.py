@@ -168,3 +168,11 @@ def test_batch_assembly_concatenates_state_and_scales_images() -> None:
     assert batch["observation.state"].shape == (2, 6) and batch["observation.state"][0, 5] == 0
     assert batch["observation.images.top"].shape == (2, 3, 4, 5) and float(batch["observation.images.top"].max()) == 1
     assert batch["task"] == ["a", "b"]
+
+
+def test_check_command_knows_lerobot_policies(smolvla_checkpoint, capsys) -> None:
+    main(["check", "--lerobot-policy", f"arm={smolvla_checkpoint}", "--lerobot-keys", "arm=gr00t"])
+    assert "OK: serves 1 LeRobot policies: arm" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exited:
+        main(["check", "--lerobot-policy", f"arm={smolvla_checkpoint}", "--lerobot-keys", "arm=aloha"])
+    assert exited.value.code == 2 and "has 6 dims in the checkpoint, the robot keys give 14" in capsys.readouterr().err
