@@ -176,3 +176,11 @@ def test_check_command_knows_lerobot_policies(smolvla_checkpoint, capsys) -> Non
     with pytest.raises(SystemExit) as exited:
         main(["check", "--lerobot-policy", f"arm={smolvla_checkpoint}", "--lerobot-keys", "arm=aloha"])
     assert exited.value.code == 2 and "has 6 dims in the checkpoint, the robot keys give 14" in capsys.readouterr().err
+
+
+def test_a_hub_id_offline_without_a_cached_copy_is_refused(tmp_path, monkeypatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))  # HF_HUB_OFFLINE=1 is set
+    message = refusal(LeRobotPolicy("arm", "lerobot/smolvla_base"))
+    assert "the Hub is unreachable or HF_HUB_OFFLINE=1 with no copy in the Hub cache" in message
