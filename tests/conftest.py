@@ -19,6 +19,17 @@ from openpi_triton.front.app import create_app, front_server
 from openpi_triton.process import free_port
 from openpi_triton.triton.embedded import EmbeddedTriton
 
+from .lerobot_fixtures import (  # noqa: F401  (LeRobot checkpoints, built once per session)
+    droid_runner,
+    droid_smolvla_checkpoint,
+    lerobot_dir,
+    lerobot_policies,
+    lerobot_repository,
+    lerobot_triton,
+    smolvla_checkpoint,
+    smolvla_runner,
+    smolvlm_dir,
+)
 from .waiting import wait_until
 
 # The longest a test waits for one websocket message (a frame's answer, the handshake): generous for two
@@ -33,7 +44,7 @@ MODEL_ONNX = core_onnx_path(MODEL_REPOSITORY)
 
 
 # Fixtures that start a real tritonserver (directly or under a front): a test using one is an integration test.
-TRITON_FIXTURES = {"triton", "second_triton", "torch_triton", "front"}
+TRITON_FIXTURES = {"triton", "second_triton", "torch_triton", "front", "lerobot_triton"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from openpi_triton.cli.lerobot import add_lerobot_flags, remove_repository, write_lerobot_repository
 from openpi_triton.cli.options import CliError, add_env_flag, add_env_switch
 from openpi_triton.config import (
     CPU_CONFIG_NAME,
@@ -81,6 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                  "keys); each crashes on the other's", choices=GR00T_GENERATIONS)
     add_env_switch(p, "gr00t-allow-kill", "let a GR00T client's `kill` request stop the server (as SIGTERM does); "
                    "refused otherwise")
+    add_lerobot_flags(p)
     p.set_defaults(run=_serve)
 
 
@@ -155,25 +157,24 @@ def _serve(args: argparse.Namespace) -> None:
     from openpi_triton.front.logs import configure_logging
     from openpi_triton.triton.embedded import EmbeddedTriton, EmbeddedTritonError
     from openpi_triton.triton.health import Health
-    from openpi_triton.triton.repository import config_names, core_needs_onnx
     from openpi_triton.triton.supervisor import TritonSupervisor
 
     settings = settings_from_args(args)
     _check_gr00t(settings)
     configure_logging(settings.log_level)
+    if args.lerobot_policy and settings.triton_url is not None:
+        raise CliError("--lerobot-policy runs in the embedded tritonserver; for --triton-url write the repository "
+                       "with `openpi-triton lerobot-repository --output DIR ...` and give it to your Triton")
+    lerobot_repository = write_lerobot_repository(args)  # checks the checkpoints before anything starts
     supervisor, health = None, Health()
+    try:
+        settings, repositories = _repositories(settings, lerobot_repository, args)
+    except CliError:
+        remove_repository(lerobot_repository)
+        raise
     if settings.triton_url is None:
-        if (core_needs_onnx(settings.model_repository, settings.model_config_name)
-                and not core_onnx_path(settings.model_repository).exists()):
-            raise CliError(f"{core_onnx_path(settings.model_repository)} is missing: "
-                           "run `openpi-triton export` (or `make serve`) first")
-        variants = config_names(settings.model_repository)
-        if settings.model_config_name not in variants:  # else tritonserver would load every config.pbtxt
-            raise CliError(f"--model-config-name {settings.model_config_name}: no model in "
-                           f"{settings.model_repository} has configs/{settings.model_config_name}.pbtxt "
-                           f"(there: {', '.join(variants) or 'none'})")
         triton = EmbeddedTriton(
-            [settings.model_repository], http_port=settings.triton_http_port,
+            repositories, http_port=settings.triton_http_port,
             grpc_port=settings.triton_grpc_port, metrics_port=settings.triton_metrics_port,
             model_config_name=settings.model_config_name, tritonserver=settings.tritonserver,
         )
@@ -185,6 +186,7 @@ def _serve(args: argparse.Namespace) -> None:
         try:
             supervisor.start()
         except EmbeddedTritonError as error:  # a taken port, a missing binary: the message says what to do
+            remove_repository(lerobot_repository)
             raise CliError(str(error)) from None
         settings = replace(settings, triton_url=triton.grpc_url,
                            triton_shared_memory=settings.shares_memory(embedded=True))
@@ -195,3 +197,29 @@ def _serve(args: argparse.Namespace) -> None:
             print("stopping tritonserver ...", flush=True)
             supervisor.stop()
             print("tritonserver stopped", flush=True)
+        remove_repository(lerobot_repository)
+
+
+def _repositories(settings: Settings, lerobot_repository: Path | None,
+                  args: argparse.Namespace) -> tuple[Settings, list[Path]]:
+    """The repositories the embedded tritonserver serves: the main one (unless only LeRobot checkpoints are
+    served and its reference policy was never exported) and the generated LeRobot one."""
+    from openpi_triton.triton.repository import config_names, core_needs_onnx
+
+    if settings.triton_url is not None:
+        return settings, []
+    repository = settings.model_repository
+    onnx_missing = (core_needs_onnx(repository, settings.model_config_name)
+                    and not core_onnx_path(repository).exists())
+    if lerobot_repository is not None and onnx_missing:
+        print(f"{core_onnx_path(repository)} is missing: serving the LeRobot policies only", flush=True)
+        if settings.default_policy == Settings().default_policy:
+            settings = Settings(**{**vars(settings), "default_policy": args.lerobot_policy[0].partition("=")[0]})
+        return settings, [lerobot_repository]
+    if onnx_missing:
+        raise CliError(f"{core_onnx_path(repository)} is missing: run `openpi-triton export` (or `make serve`) first")
+    variants = config_names(repository)
+    if settings.model_config_name not in variants:  # else tritonserver would load every config.pbtxt
+        raise CliError(f"--model-config-name {settings.model_config_name}: no model in {repository} has "
+                       f"configs/{settings.model_config_name}.pbtxt (there: {', '.join(variants) or 'none'})")
+    return settings, [repository, *([lerobot_repository] if lerobot_repository is not None else [])]
