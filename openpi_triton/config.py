@@ -147,3 +147,5 @@ def read_api_keys(inline: str | None, file: Path | None) -> tuple[str, ...]:
 
 # LeRobot checkpoints (`serve --lerobot-policy`): rows of one LeRobot call (one Triton batch).
 LEROBOT_MAX_BATCH_SIZE = 16
+# Present when the NVIDIA driver is loaded: a LeRobot policy without --lerobot-device then runs on the GPU.
+NVIDIA_DRIVER_VERSION_FILE = "/proc/driver/nvidia/version"

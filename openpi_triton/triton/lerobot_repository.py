@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from openpi_triton.config import LEROBOT_MAX_BATCH_SIZE
+from openpi_triton.config import LEROBOT_MAX_BATCH_SIZE, NVIDIA_DRIVER_VERSION_FILE
 from openpi_triton.triton.lerobot_keys import KeyMap, load_key_map
 
 MODEL_SUFFIX = "_lerobot"
@@ -77,10 +77,9 @@ def _string(value: Any) -> dict[str, str]:
 
 
 def _cuda_here() -> bool:
-    """Whether this host has a CUDA device (then a policy without --lerobot-device runs on it)."""
-    import torch
-
-    return torch.cuda.is_available()
+    """Whether this host has a CUDA device (then a policy without --lerobot-device runs on it). Read from the
+    NVIDIA driver, not torch: `serve` imports no policy runtime (the python model loads torch, in Triton)."""
+    return Path(NVIDIA_DRIVER_VERSION_FILE).exists()
 
 
 def _absolute(path: str) -> str:
