@@ -133,6 +133,8 @@ class EmbeddedTriton:
     # How long tritonserver waits for models to unload on SIGTERM; past it, it exits anyway. Its default,
     # 30 s, is all spent waiting for a model whose stub is dead.
     exit_timeout_s: float = 5.0
+    # Until every model is ready: LeRobot checkpoints load in their python stubs, slowly on a busy machine.
+    startup_timeout_s: float = TRITON_STARTUP_TIMEOUT_S
     # A tritonserver directory other than the nvidia-pytriton wheel's (`find_triton`).
     tritonserver: Path | None = None
     child: Child | None = field(default=None, init=False)
@@ -195,7 +197,7 @@ class EmbeddedTriton:
         self.shm_prefix = f"tritonpb_{secrets.token_hex(6)}_"
         self.child = Child.start("tritonserver", self.command(install), env=_stub_environment(install))
         try:
-            self.child.wait_ready(f"{self.http_url}/v2/health/ready", TRITON_STARTUP_TIMEOUT_S, cancelled)
+            self.child.wait_ready(f"{self.http_url}/v2/health/ready", self.startup_timeout_s, cancelled)
         except ChildFailed as error:
             failures = load_failures(self.child.log_path)
             self.stop()
