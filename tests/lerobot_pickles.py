@@ -56,7 +56,7 @@ def features(joints: int = 6, cameras: dict[str, tuple[int, int]] | None = None)
     """lerobot_features as RobotClient sends them (hw_to_dataset_features of the robot's observation_features)."""
     result: dict[str, dict] = {"observation.state": {"dtype": "float32", "shape": (joints,),
                                                      "names": [f"joint{i}.pos" for i in range(joints)]}}
-    for name, (height, width) in (cameras or {"front": (48, 64)}).items():
+    for name, (height, width) in ({"front": (48, 64)} if cameras is None else cameras).items():
         result[f"observation.images.{name}"] = {"dtype": "image", "shape": (height, width, 3),
                                                 "names": ["height", "width", "channels"]}
     return result

@@ -70,11 +70,20 @@ def create_app(settings: Settings, backend: Backend | None = None,
             gr00t = Gr00tServer(settings, backend, metrics, drain)
             await gr00t.start()
         app.state.gr00t = gr00t
+        lerobot = None
+        if settings.lerobot_port is not None:  # LeRobot robots (gRPC) on the same backend, batched with the others
+            from openpi_triton.front.lerobot.server import LeRobotServer
+
+            lerobot = LeRobotServer(settings, backend, metrics, drain)
+            await lerobot.start()
+        app.state.lerobot = lerobot
         if on_ready is not None:
             on_ready(policies)
         try:
             yield
         finally:
+            if lerobot is not None:
+                await lerobot.stop()
             if gr00t is not None:
                 await gr00t.stop()
             await backend.close()
