@@ -94,3 +94,6 @@ def read_api_keys(inline: str | None, file: Path | None) -> tuple[str, ...]:
     if file is not None:
         keys += [line.split("#", 1)[0].strip() for line in Path(file).read_text().splitlines()]
     return tuple(dict.fromkeys(key for key in keys if key))
+
+# LeRobot checkpoints (`serve --lerobot-policy`): rows of one LeRobot call (one Triton batch).
+LEROBOT_MAX_BATCH_SIZE = 16

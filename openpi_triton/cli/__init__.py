@@ -10,10 +10,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from openpi_triton.cli import bench, serve, tools
+from openpi_triton.cli import bench, lerobot, serve, tools
 from openpi_triton.cli.options import CliError
 
-COMMANDS = (serve.register, tools.register_export, tools.register_check, tools.register_client, bench.register)
+COMMANDS = (serve.register, tools.register_export, tools.register_check, tools.register_client, bench.register,
+            lerobot.register_repository_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from openpi_triton.cli.lerobot import add_lerobot_flags, remove_repository, write_lerobot_repository
 from openpi_triton.cli.options import CliError, add_env_flag, add_env_switch
 from openpi_triton.config import (
     CPU_CONFIG_NAME,
@@ -80,6 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                  "it needs --lerobot-allow (LeRobot's client sends no credentials)")
     add_env_flag(p, "lerobot-allow", str, None, "client networks allowed to call the LeRobot endpoint, CIDRs "
                  "separated by commas (10.8.0.0/24,192.168.1.7); loopback is always allowed")
+    add_lerobot_flags(p)
     p.set_defaults(run=_serve)
 
 
@@ -178,26 +180,25 @@ def _serve(args: argparse.Namespace) -> None:
     from openpi_triton.front.logs import configure_logging
     from openpi_triton.triton.embedded import EmbeddedTriton, EmbeddedTritonError
     from openpi_triton.triton.health import Health
-    from openpi_triton.triton.repository import config_names, core_needs_onnx
     from openpi_triton.triton.supervisor import TritonSupervisor
 
     settings = settings_from_args(args)
     _check_gr00t(settings)
     _check_lerobot(settings)
     configure_logging(settings.log_level)
+    if args.lerobot_policy and settings.triton_url is not None:
+        raise CliError("--lerobot-policy runs in the embedded tritonserver; for --triton-url write the repository "
+                       "with `openpi-triton lerobot-repository --output DIR ...` and give it to your Triton")
+    lerobot_repository = write_lerobot_repository(args)  # checks the checkpoints before anything starts
     supervisor, health = None, Health()
+    try:
+        settings, repositories = _repositories(settings, lerobot_repository, args)
+    except CliError:
+        remove_repository(lerobot_repository)
+        raise
     if settings.triton_url is None:
-        if (core_needs_onnx(settings.model_repository, settings.model_config_name)
-                and not core_onnx_path(settings.model_repository).exists()):
-            raise CliError(f"{core_onnx_path(settings.model_repository)} is missing: "
-                           "run `openpi-triton export` (or `make serve`) first")
-        variants = config_names(settings.model_repository)
-        if settings.model_config_name not in variants:  # else tritonserver would load every config.pbtxt
-            raise CliError(f"--model-config-name {settings.model_config_name}: no model in "
-                           f"{settings.model_repository} has configs/{settings.model_config_name}.pbtxt "
-                           f"(there: {', '.join(variants) or 'none'})")
         triton = EmbeddedTriton(
-            [settings.model_repository], http_port=settings.triton_http_port,
+            repositories, http_port=settings.triton_http_port,
             grpc_port=settings.triton_grpc_port, metrics_port=settings.triton_metrics_port,
             model_config_name=settings.model_config_name, tritonserver=settings.tritonserver,
         )
@@ -209,6 +210,7 @@ def _serve(args: argparse.Namespace) -> None:
         try:
             supervisor.start()
         except EmbeddedTritonError as error:  # a taken port, a missing binary: the message says what to do
+            remove_repository(lerobot_repository)
             raise CliError(str(error)) from None
         settings = Settings(**{**vars(settings), "triton_url": triton.grpc_url})
     try:
@@ -218,3 +220,29 @@ def _serve(args: argparse.Namespace) -> None:
             print("stopping tritonserver ...", flush=True)
             supervisor.stop()
             print("tritonserver stopped", flush=True)
+        remove_repository(lerobot_repository)
+
+
+def _repositories(settings: Settings, lerobot_repository: Path | None,
+                  args: argparse.Namespace) -> tuple[Settings, list[Path]]:
+    """The repositories the embedded tritonserver serves: the main one (unless only LeRobot checkpoints are
+    served and its reference policy was never exported) and the generated LeRobot one."""
+    from openpi_triton.triton.repository import config_names, core_needs_onnx
+
+    if settings.triton_url is not None:
+        return settings, []
+    repository = settings.model_repository
+    onnx_missing = (core_needs_onnx(repository, settings.model_config_name)
+                    and not core_onnx_path(repository).exists())
+    if lerobot_repository is not None and onnx_missing:
+        print(f"{core_onnx_path(repository)} is missing: serving the LeRobot policies only", flush=True)
+        if settings.default_policy == Settings().default_policy:
+            settings = Settings(**{**vars(settings), "default_policy": args.lerobot_policy[0].partition("=")[0]})
+        return settings, [lerobot_repository]
+    if onnx_missing:
+        raise CliError(f"{core_onnx_path(repository)} is missing: run `openpi-triton export` (or `make serve`) first")
+    variants = config_names(repository)
+    if settings.model_config_name not in variants:  # else tritonserver would load every config.pbtxt
+        raise CliError(f"--model-config-name {settings.model_config_name}: no model in {repository} has "
+                       f"configs/{settings.model_config_name}.pbtxt (there: {', '.join(variants) or 'none'})")
+    return settings, [repository, *([lerobot_repository] if lerobot_repository is not None else [])]
