@@ -52,7 +52,7 @@ def encode_actions(actions: np.ndarray, first_timestep: int, first_timestamp: fl
 
     if actions.ndim != 2:
         raise ValueError(f"actions must be [steps, action_dim], got shape {list(actions.shape)}")
-    chunk = torch.from_numpy(np.ascontiguousarray(actions, dtype=np.float32))
+    chunk = torch.from_numpy(np.array(actions, dtype=np.float32))  # a copy: Triton's arrays are read-only
     timed = [TimedAction(first_timestamp + i * dt, first_timestep + i, chunk[i].clone()) for i in range(len(chunk))]
     buffer = io.BytesIO()
     _ReplyPickler(buffer, protocol=4).dump(timed)
