@@ -50,7 +50,7 @@ def smolvla_triton(smolvla_checkpoint: Path, tmp_path_factory: pytest.TempPathFa
 def serving(triton: EmbeddedTriton, **overrides: Any) -> Iterator[tuple[str, Any]]:
     """The front with the LeRobot endpoint in a background thread: (websocket URL, the LeRobotServer)."""
     settings = Settings(**{"triton_url": triton.grpc_url, "port": free_port(), "host": "127.0.0.1",
-                           "lerobot_port": free_port(), **overrides})
+                           "lerobot_port": free_port(), "default_policy": POLICY, **overrides})
     app = create_app(settings)
     server = front_server(app, settings, log_level="warning", lifespan="on")
     thread = threading.Thread(target=server.run, daemon=True)
@@ -94,17 +94,20 @@ class Offers:
         monkeypatch.setattr(robots_module.Robot, "offer", offer)
 
 
-def run_clients(module: Any, address: str, ids: list[str], tmp_path: Path, seconds: float,
+def run_clients(module: Any, port: int, ids: list[str], tmp_path: Path, seconds: float,
                 until: Any = None, **config: Any) -> list[Any]:
-    """Stock RobotClients, one per id, each with its receiver thread and control loop, for at most `seconds`."""
+    """Stock RobotClients, one per id, each with its receiver thread and control loop, for at most `seconds`.
+
+    Robots are separate machines or processes; here they share one process, whose gRPC channels to one
+    address would share one connection (one peer). Each robot dials its own loopback address
+    (127.0.0.1, 127.0.0.2, ...), so each has its own connection, as separate robots do."""
     from tests.fakearm import FakeArmConfig
 
     clients = []
     for index, robot_id in enumerate(ids):
         options = {"policy_type": "smolvla", "pretrained_name_or_path": POLICY, "actions_per_chunk": CHUNK,
-                   "server_address": address, "task": "pick up the red cube", "chunk_size_threshold": 0.5,
-                   # distinct channel options: one process's identical gRPC channels would share one connection
-                   "fps": 30 + index, **config}
+                   "server_address": f"127.0.0.{index + 1}:{port}", "task": "pick up the red cube",
+                   "chunk_size_threshold": 0.5, **config}
         robot = FakeArmConfig(id=robot_id, calibration_dir=tmp_path / "calibration")
         clients.append(module.RobotClient(module.RobotClientConfig(robot=robot, **options)))
     threads = []
@@ -130,8 +133,7 @@ def test_a_stock_robot_client_runs_its_control_loop(smolvla_triton, robot_client
 
     offers = Offers(monkeypatch)
     with serving(smolvla_triton) as (_, endpoint):
-        address = f"127.0.0.1:{endpoint.port}"
-        [client] = run_clients(robot_client_module, address, ["solo"], tmp_path, 60,
+        [client] = run_clients(robot_client_module, endpoint.port, ["solo"], tmp_path, 60,
                                until=lambda: len(fakearm.SENT.get("solo", [])) >= 3 * CHUNK)
     sent = fakearm.SENT["solo"]
     assert len(sent) >= 3 * CHUNK, "the robot did not get its actions"
@@ -162,9 +164,9 @@ def test_four_robots_are_batched_in_triton(smolvla_triton, robot_client_module, 
 
     before = batches()
     ids = [f"arm{i}" for i in range(4)]
-    with serving(smolvla_triton) as (_, endpoint):
-        address = f"127.0.0.1:{endpoint.port}"
-        run_clients(robot_client_module, address, ids, tmp_path, 90,
+    # bound to every address, open to loopback only: robots dial 127.0.0.1 to 127.0.0.4
+    with serving(smolvla_triton, lerobot_host="0.0.0.0", lerobot_allow=("127.0.0.0/8",)) as (_, endpoint):
+        run_clients(robot_client_module, endpoint.port, ids, tmp_path, 90,
                     until=lambda: len(endpoint.robots) == 4 and all(len(fakearm.SENT.get(i, [])) >= 3 * CHUNK
                                                                     for i in ids)
                     and any(size > 1 and count > before.get(size, 0) for size, count in batches().items()))
