@@ -18,11 +18,11 @@ import pytest
 
 pytest.importorskip("lerobot.async_inference.helpers")
 
-from openpi_triton.config import Settings  # noqa: E402
-from openpi_triton.front.app import create_app, front_server  # noqa: E402
-from openpi_triton.front.lerobot import robots as robots_module  # noqa: E402
-from openpi_triton.process import free_port  # noqa: E402
-from openpi_triton.triton.embedded import EmbeddedTriton  # noqa: E402
+from openpi_triton.config import Settings
+from openpi_triton.front.app import create_app, front_server
+from openpi_triton.front.lerobot import robots as robots_module
+from openpi_triton.process import free_port
+from openpi_triton.triton.embedded import EmbeddedTriton
 
 pytestmark = pytest.mark.integration
 POLICY = "tiny_smolvla"

@@ -95,3 +95,23 @@ def test_the_reply_is_what_lerobots_client_reads():
     assert time.perf_counter() - started < 5  # not a speed assertion: a bound against a runaway pickle
     with pytest.raises(ReplyTooLarge, match="actions_per_chunk"):
         encode_actions(np.zeros((2, 600_000), np.float32), 0, 0.0, 0.1)
+
+
+def test_serve_flags_bind_loopback_unless_networks_are_allowed():
+    from openpi_triton.cli import build_parser
+    from openpi_triton.cli.options import CliError
+    from openpi_triton.cli.serve import _check_lerobot, settings_from_args
+
+    def settings(*args):
+        return settings_from_args(build_parser().parse_args(["serve", *args]))
+
+    plain = settings("--lerobot-port", "18080")
+    assert (plain.lerobot_port, plain.lerobot_host, plain.lerobot_allow) == (18080, "127.0.0.1", ())
+    assert settings().lerobot_port is None  # off unless set
+    with pytest.raises(CliError, match="--lerobot-allow"):
+        _check_lerobot(settings("--lerobot-port", "18080", "--lerobot-host", "0.0.0.0"))
+    with pytest.raises(CliError, match="not a network"):
+        _check_lerobot(settings("--lerobot-port", "18080", "--lerobot-host", "0.0.0.0", "--lerobot-allow", "10.0.0/8x"))
+    wide = settings("--lerobot-port", "18080", "--lerobot-host", "0.0.0.0", "--lerobot-allow", "10.8.0.0/24, 10.9.0.1")
+    assert wide.lerobot_allow == ("10.8.0.0/24", "10.9.0.1")
+    _check_lerobot(wide)
