@@ -101,7 +101,7 @@ def run_clients(module: Any, port: int, ids: list[str], tmp_path: Path, seconds:
     Robots are separate machines or processes; here they share one process, whose gRPC channels to one
     address would share one connection (one peer). Each robot dials its own loopback address
     (127.0.0.1, 127.0.0.2, ...), so each has its own connection, as separate robots do."""
-    from tests.fakearm import FakeArmConfig
+    from benchmarks.fakearm import FakeArmConfig
 
     clients = []
     for index, robot_id in enumerate(ids):
@@ -129,7 +129,7 @@ def run_clients(module: Any, port: int, ids: list[str], tmp_path: Path, seconds:
 
 
 def test_a_stock_robot_client_runs_its_control_loop(smolvla_triton, robot_client_module, tmp_path, monkeypatch):
-    from tests import fakearm
+    from benchmarks import fakearm
 
     offers = Offers(monkeypatch)
     with serving(smolvla_triton) as (_, endpoint):
@@ -154,7 +154,7 @@ def test_a_stock_robot_client_runs_its_control_loop(smolvla_triton, robot_client
 def test_four_robots_are_batched_in_triton(smolvla_triton, robot_client_module, tmp_path):
     import tritonclient.grpc as grpcclient
 
-    from tests import fakearm
+    from benchmarks import fakearm
 
     triton = grpcclient.InferenceServerClient(smolvla_triton.grpc_url)
 
@@ -178,7 +178,7 @@ def test_four_robots_are_batched_in_triton(smolvla_triton, robot_client_module, 
 
 
 def test_a_checkpoint_not_served_makes_the_stock_client_give_up(smolvla_triton, robot_client_module, tmp_path):
-    from tests.fakearm import FakeArmConfig
+    from benchmarks.fakearm import FakeArmConfig
 
     with serving(smolvla_triton) as (_, endpoint):
         config = robot_client_module.RobotClientConfig(
@@ -191,7 +191,7 @@ def test_a_checkpoint_not_served_makes_the_stock_client_give_up(smolvla_triton, 
 
 
 def same_observation(step: int) -> dict[str, Any]:
-    from tests.fakearm import observation
+    from benchmarks.fakearm import observation
 
     raw = observation(step, seed_of_scene=3)
     raw["task"] = "stack the blocks"

@@ -1,6 +1,6 @@
 """A LeRobot robot defined for the tests (LeRobot's `Robot` interface): six joints and two cameras whose
 observations come from a function, and the actions it was sent, recorded. LeRobot finds the class from its
-config (`make_device_from_device_class`): FakeArmConfig in module tests.fakearm -> tests.fakearm.FakeArm."""
+config (`make_device_from_device_class`): FakeArmConfig in module benchmarks.fakearm -> benchmarks.fakearm.FakeArm."""
 
 from __future__ import annotations
 
