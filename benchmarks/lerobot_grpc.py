@@ -42,7 +42,7 @@ POLICY = "tiny_smolvla"
 def wait_for_port(port: int, child: Child, timeout_s: float = 300.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if child.exited:
+        if child.exited():
             raise RuntimeError(f"{child.name} exited:\n{child.log_tail()}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
             return
