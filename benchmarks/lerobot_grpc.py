@@ -148,7 +148,7 @@ def run_robots(addresses: list[str], checkpoint_name: str, seconds: float, warmu
     values = np.array(latencies) * 1000 if latencies else np.array([np.nan])
     return {"robots": len(addresses), "actions_per_s": performed / elapsed, "chunks_per_s": chunks[0] / elapsed,
             "latency_p50_ms": float(np.percentile(values, 50)), "latency_p99_ms": float(np.percentile(values, 99)),
-            "server_rss_mib": rss}
+            "server_rss_mib": rss, "load_average_1m": os.getloadavg()[0]}
 
 
 def main() -> None:

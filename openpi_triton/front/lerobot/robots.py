@@ -28,6 +28,7 @@ MAX_PREDICTED = 100_000
 class Pending:
     """An observation accepted for inference, already checked and turned into the policy's tensors."""
 
+    binding: Binding  # the instructions it was checked against
     timestep: int
     timestamp: float
     tensors: dict[str, np.ndarray]

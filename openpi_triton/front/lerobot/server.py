@@ -201,6 +201,7 @@ class LeRobotServer:
             robot.binding = bind(instructions, chosen)
         except FeatureError as error:
             raise Refusal(Code.INVALID_ARGUMENT, str(error), "bad_features") from None
+        robot.reset()  # observations checked against earlier instructions are dropped
         log.info("LeRobot client bound", extra={"peer": peer, "policy": chosen.name,
                                                 "actions_per_chunk": instructions.actions_per_chunk,
                                                 "device_ignored": instructions.device})
@@ -250,7 +251,7 @@ class LeRobotServer:
     @staticmethod
     def _pending(binding: Binding, raw: dict[str, Any], timestep: int, timestamp: float) -> Pending:
         tensors = observation_to_tensors(binding.policy, binding.observation(raw), binding.seed(raw))
-        return Pending(timestep=timestep, timestamp=timestamp, tensors=tensors, state=binding.state(raw))
+        return Pending(binding, timestep=timestep, timestamp=timestamp, tensors=tensors, state=binding.state(raw))
 
     async def _get_actions(self, request: Any, context: Any, peer: str, policy: list[str]) -> Any:
         robot = self.robots.get(peer)
@@ -268,7 +269,7 @@ class LeRobotServer:
             self.drain.opened()
             self.metrics.in_flight.inc()
             try:
-                payload = await self._answer(binding, pending, f"lerobot-{next(self._requests)}")
+                payload = await self._answer(pending.binding, pending, f"lerobot-{next(self._requests)}")
             finally:
                 self.metrics.in_flight.dec()
                 self.drain.closed()
