@@ -167,17 +167,19 @@ def main() -> None:
         workdir = Path(tmp)
         os.chdir(workdir)  # LeRobot's client and server write ./logs
         checkpoint = build_smolvla(workdir / POLICY)
-        for server in args.servers.split(","):
-            if server == "ours":
-                with ours(checkpoint, workdir) as (addresses, pids):
-                    for n in counts:
-                        result = run_robots(addresses[:n], POLICY, args.seconds, args.warmup, pids, workdir)
-                        results.append({"server": "openpi-triton (one)", **result})
-                        print(json.dumps(results[-1]), flush=True)
-            else:
-                for n in counts:
-                    with theirs(n) as (addresses, pids):
-                        result = run_robots(addresses, str(checkpoint), args.seconds, args.warmup, pids, workdir)
+        servers = args.servers.split(",")
+        with contextlib.ExitStack() as stack:
+            if "ours" in servers:
+                addresses, pids = stack.enter_context(ours(checkpoint, workdir))
+            for n in counts:  # ours and theirs back to back at each count: the machine's load drifts
+                if "ours" in servers:
+                    result = run_robots(addresses[:n], POLICY, args.seconds, args.warmup, pids, workdir)
+                    results.append({"server": "openpi-triton (one)", **result})
+                    print(json.dumps(results[-1]), flush=True)
+                if "lerobot" in servers:
+                    with theirs(n) as (their_addresses, their_pids):
+                        result = run_robots(their_addresses, str(checkpoint), args.seconds, args.warmup, their_pids,
+                                            workdir)
                     results.append({"server": f"LeRobot PolicyServer (x{n})", **result})
                     print(json.dumps(results[-1]), flush=True)
     if args.output is not None:

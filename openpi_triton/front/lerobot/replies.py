@@ -40,6 +40,12 @@ class _ReplyPickler(pickle._Pickler):  # type: ignore[name-defined]  # the Pytho
         super().save_global(obj, name)
 
 
+def warm_up() -> None:
+    """Import torch and write one reply: the first import takes seconds, which must not stall a robot's call
+    (the endpoint calls this in a thread at start)."""
+    encode_actions(np.zeros((1, 1), np.float32), 0, 0.0, 0.0)
+
+
 class ReplyTooLarge(ValueError):
     """The actions do not fit in one message the client accepts."""
 

@@ -26,7 +26,7 @@ from openpi_triton.front.drain import Drain
 from openpi_triton.front.lerobot import wire
 from openpi_triton.front.lerobot.access import is_loopback_host, parse_networks, peer_allowed
 from openpi_triton.front.lerobot.features import Binding, FeatureError, bind, select_policy
-from openpi_triton.front.lerobot.replies import CLIENT_MAX_MESSAGE_BYTES, ReplyTooLarge, encode_actions
+from openpi_triton.front.lerobot.replies import CLIENT_MAX_MESSAGE_BYTES, ReplyTooLarge, encode_actions, warm_up
 from openpi_triton.front.lerobot.robots import Pending, Robot, Robots
 from openpi_triton.front.lerobot.unpickle import PayloadError, read_instructions, read_observation
 from openpi_triton.front.metrics import FrontMetrics
@@ -74,6 +74,7 @@ class LeRobotServer:
         self._expiry: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        await asyncio.to_thread(warm_up)  # torch's import, before the first robot waits for it
         options = [
             ("grpc.max_receive_message_length", self.settings.max_frame_bytes),
             ("grpc.max_send_message_length", CLIENT_MAX_MESSAGE_BYTES),
