@@ -1,11 +1,10 @@
 """The LeRobot endpoint (`serve --lerobot-port`): LeRobot's async-inference gRPC service for its stock
 `RobotClient`, beside the websocket front, in the same process and event loop and on the same backend, so
 LeRobot robots' observations reach Triton together with every other robot's and are batched with them.
-
-Unlike LeRobot's PolicyServer (one robot, whatever checkpoint it names loaded on whatever device it names,
-pickles loaded as they come), every robot here has its own state (keyed by its gRPC peer), instructions select
-one of the served policies, payloads are read by `unpickle` only, and answers wait for nothing but the model.
-Errors reach the client as gRPC statuses with a one-paragraph message; the endpoint keeps serving.
+Unlike LeRobot's PolicyServer (one robot; whatever checkpoint and device it names, loaded; pickles loaded as
+they come), each robot here has its own state (keyed by its gRPC peer), instructions select a served policy,
+payloads are read by `unpickle` only, and answers wait for nothing but the model. Errors reach the client as
+gRPC statuses with a one-paragraph message; the endpoint keeps serving.
 """
 
 from __future__ import annotations
@@ -120,10 +119,10 @@ class LeRobotServer:
     async def _expire_loop(self) -> None:
         while True:
             await asyncio.sleep(EXPIRY_CHECK_S)
-            if self.robots.expire():
-                self._count_robots()
+            self.robots.expire()
+            self._count_robots()
 
-    def _count_robots(self) -> None:
+    def _count_robots(self) -> None:  # one gauge for the endpoint: robots bind to policies after connecting
         self.metrics.connections.labels("", PROTOCOL).set(len(self.robots))
 
     # --- calls --------------------------------------------------------------------------------------------
