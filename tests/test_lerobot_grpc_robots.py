@@ -16,8 +16,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-pytest.importorskip("lerobot.async_inference.helpers")
-
 from openpi_triton.config import Settings
 from openpi_triton.front.app import create_app, front_server
 from openpi_triton.front.lerobot import robots as robots_module
@@ -73,7 +71,7 @@ def robot_client_module(tmp_path_factory: pytest.TempPathFactory) -> Any:
     here = os.getcwd()
     os.chdir(tmp_path_factory.mktemp("robot_client_logs"))
     try:
-        from lerobot.async_inference import robot_client
+        robot_client = pytest.importorskip("lerobot.async_inference.robot_client")
     finally:
         os.chdir(here)
     return robot_client
