@@ -19,6 +19,7 @@ GR00T_PORT = 5555  # GR00T's own default, for documentation and the load generat
 # bare keys) and how observations are sent.
 GR00T_N15, GR00T_N16 = "n1.5", "n1.6"
 GR00T_GENERATIONS = (GR00T_N15, GR00T_N16)
+LEROBOT_PORT = 8080  # LeRobot's async-inference default (its RobotClient's --server_address localhost:8080)
 # Triton's own defaults (its gRPC, metrics and HTTP ports), for the embedded tritonserver.
 TRITON_GRPC_PORT = 8001
 TRITON_METRICS_PORT = 8002
@@ -128,6 +129,14 @@ class Settings:
     gr00t_policy: str = DEFAULT_GR00T_POLICY
     gr00t_allow_kill: bool = False  # GR00T's `kill` endpoint stops the whole server when allowed
     gr00t_modality_form: str = GR00T_N16  # ModalityConfig as N1.5 or N1.6 clients read it
+    # LeRobot robots (async-inference gRPC): off unless a port is set. Their client sends no credentials, so
+    # loopback unless told otherwise; a wider bind needs networks allowed (CIDRs, checked on every call).
+    lerobot_port: int | None = None
+    lerobot_host: str = "127.0.0.1"
+    lerobot_allow: tuple[str, ...] = ()
+    lerobot_poll_s: float = 2.0  # GetActions waits this long for an observation (LeRobot's obs_queue_timeout)
+    lerobot_similarity: float = 1.0  # joint-state L2 under which an observation is skipped (LeRobot's atol)
+    lerobot_fps: float = 30.0  # spacing of the timestamps in a reply (LeRobot's server fps)
 
     @property
     def auth_enabled(self) -> bool:

@@ -19,6 +19,7 @@ from openpi_triton.config import (
     GPU_TORCH_CONFIG_NAME,
     GR00T_GENERATIONS,
     GR00T_PORT,
+    LEROBOT_PORT,
     Settings,
     core_onnx_path,
     read_api_keys,
@@ -82,6 +83,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                  "keys); each crashes on the other's", choices=GR00T_GENERATIONS)
     add_env_switch(p, "gr00t-allow-kill", "let a GR00T client's `kill` request stop the server (as SIGTERM does); "
                    "refused otherwise")
+    add_env_flag(p, "lerobot-port", int, d.lerobot_port, "also serve LeRobot robots (async inference RobotClient, "
+                 f"gRPC) on this port, LeRobot's default being {LEROBOT_PORT}; off unless set")
+    add_env_flag(p, "lerobot-host", str, d.lerobot_host, "address the LeRobot endpoint listens on; beyond loopback "
+                 "it needs --lerobot-allow (LeRobot's client sends no credentials)")
+    add_env_flag(p, "lerobot-allow", str, None, "client networks allowed to call the LeRobot endpoint, CIDRs "
+                 "separated by commas (10.8.0.0/24,192.168.1.7); loopback is always allowed")
     add_lerobot_flags(p)
     p.set_defaults(run=_serve)
 
@@ -112,7 +119,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         triton_restart_delay_s=args.triton_restart_delay, triton_restart_max_delay_s=args.triton_restart_max_delay,
         triton_shared_memory=SHARED_MEMORY_SWITCH[args.triton_shared_memory],
         gr00t_port=args.gr00t_port, gr00t_policy=args.gr00t_policy, gr00t_allow_kill=args.gr00t_allow_kill,
-        gr00t_modality_form=args.gr00t_modality_form,
+        gr00t_modality_form=args.gr00t_modality_form, lerobot_port=args.lerobot_port, lerobot_host=args.lerobot_host,
+        lerobot_allow=tuple(item.strip() for item in (args.lerobot_allow or "").split(",") if item.strip()),
     )
 
 
@@ -127,6 +135,26 @@ def _check_gr00t(settings: Settings) -> None:
     probe_host = "127.0.0.1" if ":" in settings.host else settings.host  # port_is_free probes IPv4
     if settings.gr00t_port == settings.port or not port_is_free(settings.gr00t_port, probe_host):
         raise CliError(f"--gr00t-port {settings.gr00t_port} is already in use on {settings.host}; choose another port")
+
+
+def _check_lerobot(settings: Settings) -> None:
+    """What would keep the LeRobot endpoint from starting, said before anything starts."""
+    if settings.lerobot_port is None:
+        return
+    from openpi_triton.front.lerobot.access import AccessError, is_loopback_host, parse_networks
+
+    try:
+        networks = parse_networks(settings.lerobot_allow)
+    except AccessError as error:
+        raise CliError(f"--lerobot-allow: {error}") from None
+    if not is_loopback_host(settings.lerobot_host) and not networks:
+        raise CliError(f"--lerobot-host {settings.lerobot_host} would let any host that reaches the port run LeRobot "
+                       "clients' requests (they send no credentials): give --lerobot-allow CIDR,... or tunnel to "
+                       "loopback (README: LeRobot robots)")
+    probe_host = "127.0.0.1" if ":" in settings.lerobot_host else settings.lerobot_host
+    if settings.lerobot_port in (settings.port, settings.gr00t_port) or not port_is_free(settings.lerobot_port,
+                                                                                         probe_host):
+        raise CliError(f"--lerobot-port {settings.lerobot_port} is already in use on {settings.lerobot_host}")
 
 
 def _announce(settings: Settings) -> Callable[[dict[str, Any]], None]:
@@ -149,6 +177,9 @@ def _announce(settings: Settings) -> Callable[[dict[str, Any]], None]:
             print(f"GR00T clients: tcp://{host}:{settings.gr00t_port}, policy {settings.gr00t_policy!r} "
                   f"(ModalityConfig for {settings.gr00t_modality_form.upper()} clients)\n"
                   f"  PolicyClient(host='{host}', port={settings.gr00t_port}{token})\n", flush=True)
+        if settings.lerobot_port is not None:
+            print(f"LeRobot robots: --server_address={settings.lerobot_host}:{settings.lerobot_port} "
+                  "(--pretrained_name_or_path: a served policy's name)\n", flush=True)
     return announce
 
 
@@ -161,6 +192,7 @@ def _serve(args: argparse.Namespace) -> None:
 
     settings = settings_from_args(args)
     _check_gr00t(settings)
+    _check_lerobot(settings)
     configure_logging(settings.log_level)
     if args.lerobot_policy and settings.triton_url is not None:
         raise CliError("--lerobot-policy runs in the embedded tritonserver; for --triton-url write the repository "

@@ -59,6 +59,7 @@ def create_app(settings: Settings, backend: Backend | None = None,
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         gr00t = None
+        lerobot = None
         # Whatever fails on the way up (a taken GR00T port), what started is stopped and the backend closed:
         # no watcher task or channel outlives the app.
         try:
@@ -72,12 +73,20 @@ def create_app(settings: Settings, backend: Backend | None = None,
                 gr00t = Gr00tServer(settings, backend, metrics, drain)
                 await gr00t.start()
             app.state.gr00t = gr00t
+            if settings.lerobot_port is not None:  # LeRobot robots (gRPC), batched with the others
+                from openpi_triton.front.lerobot.server import LeRobotServer
+
+                lerobot = LeRobotServer(settings, backend, metrics, drain)
+                await lerobot.start()
+            app.state.lerobot = lerobot
             if on_ready is not None:
                 on_ready(policies)
             yield
         finally:
             try:
                 await readiness.stop()
+                if lerobot is not None:
+                    await lerobot.stop()
                 if gr00t is not None:
                     await gr00t.stop()
             finally:
