@@ -149,7 +149,8 @@ class TritonBackend:
         if server is not None:
             return False, server
         try:
-            await self.discover()
+            if any(name not in self._policies for name in names):  # else is_model_ready below tells
+                await self.discover()
             problems = []
             for name in names:
                 if name not in self._policies:
