@@ -122,7 +122,9 @@ def serving(checkpoint: Path, workdir: Path) -> Iterator[str]:
     command = [sys.executable, "-m", "openpi_triton", "serve", "--lerobot-policy", f"smolvla={checkpoint}",
                "--model-repository", str(empty), "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
                "--triton-grpc-port", str(free_port()), "--triton-http-port", str(free_port()),
-               "--triton-metrics-port", str(free_port())]
+               "--triton-metrics-port", str(free_port()),
+               # A full-size SmolVLA takes seconds per call on a CPU, more than the default per-call limit.
+               "--triton-timeout", "600"]
     with running_child("serve", command, f"http://127.0.0.1:{port}/readyz", timeout_s=900):
         yield f"ws://127.0.0.1:{port}/v1/realtime/robot/openpi/smolvla"
 
