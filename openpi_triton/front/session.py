@@ -22,12 +22,13 @@ from openpi_triton.front.codec import ProtocolError, decode_frame, encode
 from openpi_triton.front.drain import Drain
 from openpi_triton.front.metrics import FrontMetrics
 from openpi_triton.front.observations import nonfinite_answer, observation_to_tensors, unbatch
+from openpi_triton.front.rtc import RTC_KEYS, answered_chunk, rtc_request, rtc_tensors
 from openpi_triton.triton.client import Backend, BackendRejected, BackendUnavailable, SequenceFlags, SequenceLost
 from openpi_triton.triton.policy import Policy
 
 log = logging.getLogger("openpi_triton.front")
 
-CONTROL_KEYS = ("endpoint", "session_id", "seed")
+CONTROL_KEYS = ("endpoint", "session_id", "seed", *RTC_KEYS)
 PROTOCOL = "openpi"  # the metrics label of this front's requests
 MAX_SESSION_ID_CHARS = 256
 # Triton sequence ids: one per session, unique within this process.
@@ -42,6 +43,7 @@ class Session:
     calls: int = 0
     sequence_id: int = 0
     last_tensors: dict[str, np.ndarray] | None = None  # replayed to end a Triton sequence
+    last_chunk: np.ndarray | None = None  # the last answered chunk, for remembered-mode RTC (`front.rtc`)
 
     @property
     def is_first_call(self) -> bool:
@@ -165,7 +167,10 @@ class RobotConnection:
                 self.session = self._new_session(session_id)
                 return encode({"status": "reset successful"})
             observation = {key: value for key, value in message.items() if key not in CONTROL_KEYS}
+            rtc = rtc_request(self.policy, message, self.session.last_chunk)
             tensors = observation_to_tensors(self.policy, observation, seed)
+            if rtc is not None and self.policy.rtc is not None:
+                tensors.update(rtc_tensors(self.policy.rtc, rtc))
         except ProtocolError as error:
             raise Refused(str(error), "bad_request") from None
 
@@ -189,6 +194,8 @@ class RobotConnection:
         response = unbatch(self.policy, outputs)
         self._check_finite(response)
         self.session.calls += 1
+        if self.policy.rtc is not None:
+            self.session.last_chunk = answered_chunk(self.policy.rtc, outputs)
         if self.policy.stateful:
             self.session.last_tensors = tensors
 

@@ -9,6 +9,8 @@ response keys; Triton's own input metadata gives each input's dtype and shape:
     seed_input       "seed"        (optional: the model input that receives the sampling seed)
     stateful         "true"        (optional: or the model has `sequence_batching` itself)
     gr00t_modality_config  {...}   (optional: what a GR00T client is told; see `triton.modality`)
+    rtc_inputs  {"leftover": "rtc_leftover", "length": "rtc_length", "delay": "rtc_delay", "output": "actions"}
+                (optional: the policy does real-time chunking per row; see `front.rtc`)
 
 A `slice` answers with `slice[i]` entries of each axis i of one example, from `offset[i]` (0 unless an
 `offset` is given): {"output": "actions", "slice": [16, 1], "offset": [0, 5]} is actions[:16, 5:6].
@@ -48,6 +50,19 @@ class InputSpec:
 
 
 @dataclass(frozen=True)
+class RtcSpec:
+    """The model inputs of a policy's real-time chunking: the leftover [chunk_size, action_dim] of the
+    robot's previous chunk in its units (zero padded), its length (0: no RTC) and the inference delay."""
+
+    leftover: str
+    length: str
+    delay: str
+    output: str           # the model output whose chunk a session remembers
+    chunk_size: int
+    action_dim: int
+
+
+@dataclass(frozen=True)
 class Policy:
     name: str
     metadata: dict[str, Any]
@@ -64,6 +79,7 @@ class Policy:
     models: tuple[str, ...] = ()
     max_batch_size: int = 0  # rows of one call (Triton's max_batch_size; 0: not batched)
     modality: ModalityConfig | None = None  # for GR00T clients
+    rtc: RtcSpec | None = None  # real-time chunking, when the policy does it
 
     @property
     def required_keys(self) -> list[str]:
@@ -85,6 +101,7 @@ class Policy:
             "outputs": list(self.outputs),
             "stateful": self.stateful,
             "gr00t": self.modality is not None,
+            "rtc": self.metadata.get("rtc", {"supported": False}) if self.rtc else {"supported": False},
         }
 
 
@@ -131,7 +148,10 @@ def policy_from_config(config: Mapping[str, Any]) -> Policy:
             key=key, name=input_name, datatype=triton_datatype(declared["data_type"]),
             dims=tuple(int(d) for d in declared.get("dims", [])), optional=bool(entry.get("optional", False)),
         ))
+    rtc = _rtc_spec(name, _json_parameter(params, "rtc_inputs", name, None), model_inputs)
     fed = {spec.name for spec in inputs} | ({seed_input} if seed_input else set())
+    if rtc is not None:
+        fed |= {rtc.leftover, rtc.length, rtc.delay}
     if seed_input and seed_input not in model_inputs:
         raise PolicyConfigError(f"model {name!r}: seed_input {seed_input!r} is not an input of the model")
     unfed = set(model_inputs) - fed
@@ -161,7 +181,7 @@ def policy_from_config(config: Mapping[str, Any]) -> Policy:
         batched=int(config.get("max_batch_size", 0)) > 0, slices=slices, offsets=offsets,
         models=(name, *dict.fromkeys(step["model_name"] for step in
                                      config.get("ensemble_scheduling", {}).get("step", []))),
-        max_batch_size=int(config.get("max_batch_size", 0)),
+        max_batch_size=int(config.get("max_batch_size", 0)), rtc=rtc,
     )
     if "gr00t_modality_config" not in params:
         return policy
@@ -170,6 +190,21 @@ def policy_from_config(config: Mapping[str, Any]) -> Policy:
     except ValueError as error:
         raise PolicyConfigError(f"model {name!r}: 'gr00t_modality_config' {error}") from None
     return replace(policy, modality=modality)
+
+
+def _rtc_spec(model: str, entry: Any, model_inputs: Mapping[str, Any]) -> RtcSpec | None:
+    if entry is None:
+        return None
+    fields = ("leftover", "length", "delay", "output")
+    if not isinstance(entry, dict) or not all(isinstance(entry.get(key), str) for key in fields):
+        raise PolicyConfigError(f"model {model!r}: 'rtc_inputs' must name {list(fields)}")
+    missing = [entry[key] for key in fields[:3] if entry[key] not in model_inputs]
+    if missing:
+        raise PolicyConfigError(f"model {model!r}: 'rtc_inputs' names unknown inputs {missing}")
+    dims = [int(d) for d in model_inputs[entry["leftover"]].get("dims", [])]
+    if len(dims) != 2 or min(dims) <= 0:
+        raise PolicyConfigError(f"model {model!r}: RTC leftover input must be [chunk_size, action_dim], got {dims}")
+    return RtcSpec(entry["leftover"], entry["length"], entry["delay"], entry["output"], dims[0], dims[1])
 
 
 def _slice(model: str, key: str, sizes: Any, dims: tuple[int, ...] | None) -> tuple[int, ...]:
