@@ -88,3 +88,6 @@ def read_api_keys(inline: str | None, file: Path | None) -> tuple[str, ...]:
 
 # LeRobot checkpoints (`serve --lerobot-policy`): rows of one LeRobot call (one Triton batch).
 LEROBOT_MAX_BATCH_SIZE = 16
+
+# `openpi-triton client --realtime`: the demo robot's control rate (SO-100 arms run LeRobot at 30 Hz).
+REALTIME_CONTROL_HZ = 30.0
