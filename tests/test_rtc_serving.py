@@ -135,3 +135,30 @@ def test_bad_rtc_frames_get_clear_errors_and_keep_the_connection(front, keys: di
     assert robot.infer(so100(5))["actions"].shape == (10, 6)
     with pytest.raises(RuntimeError, match=r"rtc/executed 10: .* \[0, 9\]"):
         robot.infer({**so100(5), "rtc/executed": 10, "rtc/delay": 0})
+
+
+@pytest.mark.parametrize("mode", ["remembered", "explicit"])
+def test_realtime_robot_runs_with_rtc(front, mode: str) -> None:
+    """The demo client's real-time loop on the served policy: it measures delays, sends RTC keys the server
+    accepts, and switches chunks at the measured delay."""
+    from openpi_triton.loadgen.realtime import RealtimeRobot, lerobot_observer
+
+    robot = client(front)
+    report = RealtimeRobot(robot, lerobot_observer(robot.get_server_metadata()), control_hz=20, mode=mode,
+                           replan_after=3).run(6.0)
+    assert report.errors == []
+    assert len(report.latencies_ms) >= 3 and report.jumps and report.inner_steps
+    assert all(0 <= delay for delay in report.delays)
+
+
+def test_demo_client_realtime_mode(front) -> None:
+    import subprocess
+    import sys
+
+    port = front.rsplit(":", 1)[1]
+    result = subprocess.run([sys.executable, "-m", "openpi_triton", "client", "--realtime", "--policy", "smol",
+                             "--host", "127.0.0.1", "--port", port, "--seconds", "4", "--control-hz", "20"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "RTC remembered: latency p50" in result.stdout and "boundary jump mean" in result.stdout
+    assert "refused" not in result.stderr

@@ -44,7 +44,7 @@ class LeRobotPolicy:
 @dataclass(frozen=True)
 class PreparedPolicy:
     policy: LeRobotPolicy
-    metadata: dict[str, Any]         # the `lerobot` entry of the handshake
+    metadata: dict[str, Any]         # the `lerobot` entry of the handshake, with its `rtc` entry
     key_map: KeyMap
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # model name -> ModelConfig (JSON form)
 
@@ -123,7 +123,8 @@ def _configs(prepared: PreparedPolicy, checkpoint: str) -> dict[str, dict[str, A
         },
     }
     parameters = {
-        "policy_server_config": _string({"lerobot": meta, "key_map": key_map.name}),
+        "policy_server_config": _string({"lerobot": {k: v for k, v in meta.items() if k != "rtc"},
+                                         "key_map": key_map.name, "rtc": meta["rtc"]}),
         "observation_map": _string({k.key: k.input for k in key_map.keys}),
         "output_map": _string(key_map.outputs),
         "seed_input": _string("seed"),
