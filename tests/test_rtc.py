@@ -89,7 +89,7 @@ def test_mixed_batch_rows_equal_lerobots_rtc_row_by_row(smolvla_runner, lerobot_
     leftovers = np.zeros((len(rows), CHUNK, ACTION_DIM), np.float32)
     lengths, delays, wanted = [], [], []
     for i, (delay, executed) in enumerate(rows):
-        one = {key: value[i:i + 1] if key != "task" else value[i:i + 1] for key, value in batch.items()}
+        one = {key: value[i:i + 1] for key, value in batch.items()}
         if delay is None:
             lengths.append(0)
             delays.append(0)

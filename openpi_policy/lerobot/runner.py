@@ -12,8 +12,16 @@ import numpy as np
 from openpi_policy.lerobot.batch import assemble, noise_batch
 from openpi_policy.lerobot.checkpoint import inspect_checkpoint
 from openpi_policy.lerobot.loading import LoadedPolicy, load_checkpoint
-from openpi_policy.lerobot.rtc import (DELAY, LEFTOVER, LENGTH, RowGuidance, action_normaliser, check_rows,
-                                       enable_rtc, row_guidance)
+from openpi_policy.lerobot.rtc import (
+    DELAY,
+    LEFTOVER,
+    LENGTH,
+    RowGuidance,
+    action_normaliser,
+    check_rows,
+    enable_rtc,
+    row_guidance,
+)
 
 
 class LeRobotRunner:

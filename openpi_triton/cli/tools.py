@@ -10,8 +10,13 @@ from pathlib import Path
 import numpy as np
 
 from openpi_triton.cli.options import CliError
-from openpi_triton.config import (CPU_CONFIG_NAME, DEFAULT_MODEL_REPOSITORY, DEFAULT_POLICY, REALTIME_CONTROL_HZ,
-                                  core_onnx_path)
+from openpi_triton.config import (
+    CPU_CONFIG_NAME,
+    DEFAULT_MODEL_REPOSITORY,
+    DEFAULT_POLICY,
+    REALTIME_CONTROL_HZ,
+    core_onnx_path,
+)
 from openpi_triton.example_observations import FORMATS
 from openpi_triton.loadgen.realtime import RTC_MODES
 
