@@ -6,8 +6,8 @@
 The checkpoint is built offline with LeRobot's classes (random weights, `benchmarks/lerobot_checkpoints.py`).
 In-process: LeRobot's preprocessor, `predict_action_chunk` and postprocessor on a batch of N robots' frames
 (uint8 HWC cameras converted to float CHW as LeRobot's robots do), back to back: N robots' best case. Served:
-`openpi-triton serve --triton-url` (its own process, exactly as deployed) on an embedded tritonserver serving
-the generated repository; N stock openpi_client robots, each sending its next frame when its answer arrives.
+`openpi-triton serve --lerobot-policy smolvla=<checkpoint>`, the one command a user runs (its own process, with
+its embedded tritonserver); N stock openpi_client robots, each sending its next frame when its answer arrives.
 
 Targets (issue 22): at 1 robot the served latency is within 3% of in-process; at 4 robots the served
 throughput is >= 95% of the in-process batch-of-4 capacity.
@@ -16,20 +16,21 @@ throughput is >= 95% of the in-process batch-of-4 capacity.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks.lerobot_checkpoints import FULL_SMOLVLM, TINY_SMOLVLM, RobotFeatures, build_smolvla, build_smolvlm_dir
-from benchmarks.servers import front
-from openpi_triton.process import free_port
-from openpi_triton.triton.embedded import EmbeddedTriton
+from openpi_triton.process import free_port, running_child
 
 
 def observation(rng: np.random.Generator, robot: RobotFeatures, image: tuple[int, int], seed: int) -> dict[str, Any]:
@@ -93,19 +94,16 @@ def served(url: str, observations: list[dict[str, Any]], robots: int, steps: int
 
 def run(size: str, robot_counts: list[int], steps: int, image: tuple[int, int], workdir: Path) -> dict[str, Any]:
     from openpi_policy.lerobot.runner import LeRobotRunner
-    from openpi_triton.triton.lerobot_repository import LeRobotPolicy, prepare, write_repository
 
     sizes = FULL_SMOLVLM if size == "full" else TINY_SMOLVLM
     robot = RobotFeatures(cameras=("front", "wrist"), state_dim=6, action_dim=6, image_shape=(3, *image))
     checkpoint = build_smolvla(workdir / "smolvla", robot, vlm_dir=build_smolvlm_dir(workdir / "vlm", sizes),
                                sizes=sizes)
-    repository = write_repository(workdir / "repository", [prepare(LeRobotPolicy("smolvla", str(checkpoint)))])
     runner = LeRobotRunner.from_checkpoint(str(checkpoint))
     rng = np.random.default_rng(0)
     observations = [observation(rng, robot, image, seed) for seed in range(max(robot_counts))]
     rows: list[dict[str, Any]] = []
-    with EmbeddedTriton([repository], http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                        startup_timeout_s=900) as triton, front(triton.grpc_url, "smolvla", True) as (url, _):
+    with serving(checkpoint, workdir) as url:
         for robots in robot_counts:
             local = in_process(runner, observations, robots, steps)
             remote = served(url, observations, robots, steps)
@@ -113,6 +111,20 @@ def run(size: str, robot_counts: list[int], steps: int, image: tuple[int, int], 
             print(json.dumps(rows[-1]), flush=True)
     return {"size": size, "description": runner.description, "image": list(image), "steps": steps, "rows": rows,
             **verdicts(rows)}
+
+
+@contextlib.contextmanager
+def serving(checkpoint: Path, workdir: Path) -> Iterator[str]:
+    """`openpi-triton serve --lerobot-policy` on free ports (only the LeRobot policy: the main repository is
+    an empty directory); yields the policy's ws:// URL."""
+    port, empty = free_port(), workdir / "no_other_policies"
+    empty.mkdir(exist_ok=True)
+    command = [sys.executable, "-m", "openpi_triton", "serve", "--lerobot-policy", f"smolvla={checkpoint}",
+               "--model-repository", str(empty), "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+               "--triton-grpc-port", str(free_port()), "--triton-http-port", str(free_port()),
+               "--triton-metrics-port", str(free_port())]
+    with running_child("serve", command, f"http://127.0.0.1:{port}/readyz", timeout_s=900):
+        yield f"ws://127.0.0.1:{port}/v1/realtime/robot/openpi/smolvla"
 
 
 def verdicts(rows: list[dict[str, Any]]) -> dict[str, Any]:

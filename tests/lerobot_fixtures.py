@@ -64,7 +64,7 @@ def lerobot_repository(lerobot_dir: Path, lerobot_policies: list) -> Path:
 def lerobot_triton(lerobot_repository: Path) -> Iterator[EmbeddedTriton]:
     """A real tritonserver serving the generated repository (the LeRobot models run in its python stubs)."""
     server = EmbeddedTriton([lerobot_repository], http_port=free_port(), grpc_port=free_port(),
-                            metrics_port=free_port(), startup_timeout_s=300)
+                            metrics_port=free_port(), startup_timeout_s=300, exit_timeout_s=30)
     with server:
         yield server
 

@@ -168,3 +168,44 @@ def test_batch_assembly_concatenates_state_and_scales_images() -> None:
     assert batch["observation.state"].shape == (2, 6) and batch["observation.state"][0, 5] == 0
     assert batch["observation.images.top"].shape == (2, 3, 4, 5) and float(batch["observation.images.top"].max()) == 1
     assert batch["task"] == ["a", "b"]
+
+
+def test_check_command_knows_lerobot_policies(smolvla_checkpoint, capsys) -> None:
+    main(["check", "--lerobot-policy", f"arm={smolvla_checkpoint}", "--lerobot-keys", "arm=gr00t"])
+    assert "OK: serves 1 LeRobot policies: arm" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exited:
+        main(["check", "--lerobot-policy", f"arm={smolvla_checkpoint}", "--lerobot-keys", "arm=aloha"])
+    assert exited.value.code == 2 and "has 6 dims in the checkpoint, the robot keys give 14" in capsys.readouterr().err
+
+
+def test_a_hub_id_offline_without_a_cached_copy_is_refused(tmp_path, monkeypatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))  # HF_HUB_OFFLINE=1 is set
+    message = refusal(LeRobotPolicy("arm", "lerobot/smolvla_base"))
+    assert "the Hub is unreachable or HF_HUB_OFFLINE=1 with no copy in the Hub cache" in message
+
+
+def test_a_gated_tokenizer_that_cannot_load_is_refused_with_the_way_out(smolvla_checkpoint, tmp_path) -> None:
+    gated = copy(smolvla_checkpoint, tmp_path)
+    config = json.loads((gated / "policy_preprocessor.json").read_text())
+    for step in config["steps"]:
+        if step["registry_name"] == "tokenizer_processor":
+            step["config"]["tokenizer_name"] = "google/paligemma-3b-pt-224"  # as pi0 checkpoints name it
+    (gated / "policy_preprocessor.json").write_text(json.dumps(config))
+    message = refusal(LeRobotPolicy("arm", str(gated)))
+    assert "its tokenizer google/paligemma-3b-pt-224 does not load" in message
+    assert "HF_TOKEN" in message and "--lerobot-tokenizer" in message
+    # A local copy given instead is served.
+    from openpi_policy.lerobot.checkpoint import saved_tokenizer
+
+    local = saved_tokenizer(smolvla_checkpoint)
+    assert local and prepare(LeRobotPolicy("arm", str(gated), tokenizer=local)).metadata["policy_type"] == "smolvla"
+
+
+def test_smolvla_whose_vlm_is_unreachable_is_refused(smolvla_checkpoint, tmp_path) -> None:
+    moved = copy(smolvla_checkpoint, tmp_path)
+    config = json.loads((moved / "config.json").read_text())
+    config["vlm_model_name"] = str(tmp_path / "no_vlm_here")
+    (moved / "config.json").write_text(json.dumps(config))
+    assert "SmolVLA builds its VLM from vlm_model_name" in refusal(LeRobotPolicy("arm", str(moved)))

@@ -29,13 +29,15 @@ TOLERANCE = 1e-4
 class InProcess:
     """LeRobot's own API on a checkpoint, nothing of ours: the answer a served one must equal."""
 
-    def __init__(self, path: Any) -> None:
+    def __init__(self, path: Any, tokenizer: str | None = None) -> None:
         from lerobot.configs.policies import PreTrainedConfig
         from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 
         config = PreTrainedConfig.from_pretrained(path)
         self.policy = get_policy_class(config.type).from_pretrained(path)
-        self.pre, self.post = make_pre_post_processors(self.policy.config, pretrained_path=str(path))
+        overrides = {} if tokenizer is None else {"tokenizer_processor": {"tokenizer_name": tokenizer}}
+        self.pre, self.post = make_pre_post_processors(self.policy.config, pretrained_path=str(path),
+                                                       preprocessor_overrides=overrides)
 
     def __call__(self, images: dict[str, np.ndarray], state: np.ndarray, task: str, seed: int) -> np.ndarray:
         config = self.policy.config

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -141,4 +142,39 @@ def inspect_checkpoint(source: str, tokenizer: str | None = None, plugins: tuple
     if "action" not in config.output_features:
         raise CheckpointError(f"checkpoint {source}: config.json declares no 'action' output feature")
     _check_runtime(source, config.type)
-    return CheckpointInfo(source, directory, config, _tokenizer_override(directory, tokenizer))
+    info = CheckpointInfo(source, directory, config, _tokenizer_override(directory, tokenizer))
+    _check_hub_parts(info)
+    return info
+
+
+def saved_tokenizer(directory: Path) -> str | None:
+    """The tokenizer the saved preprocessor names (its tokenizer step's `tokenizer_name`)."""
+    steps = json.loads((directory / "policy_preprocessor.json").read_text()).get("steps", [])
+    for step in steps:
+        if step.get("registry_name") == "tokenizer_processor":
+            return step.get("config", {}).get("tokenizer_name")
+    return None
+
+
+def _check_hub_parts(info: CheckpointInfo) -> None:
+    """What the checkpoint loads besides its own files is reachable: the tokenizer (PaliGemma's is gated) and
+    SmolVLA's VLM config and processor (`vlm_model_name`). Checked here, before any server starts."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    name = info.tokenizer or saved_tokenizer(info.directory)
+    if name:
+        try:
+            AutoTokenizer.from_pretrained(name)
+        except (OSError, ValueError) as error:
+            hint = GATED_TOKENIZER_HINT if "paligemma" in name.lower() else \
+                "give a local copy with --lerobot-tokenizer NAME=DIR"
+            raise CheckpointError(f"checkpoint {info.source}: its tokenizer {name} does not load "
+                                  f"({str(error).splitlines()[0]}); {hint}") from None
+    vlm = getattr(info.config, "vlm_model_name", None)
+    if info.policy_type == "smolvla" and vlm:
+        try:
+            AutoConfig.from_pretrained(vlm)
+        except (OSError, ValueError) as error:
+            raise CheckpointError(f"checkpoint {info.source}: SmolVLA builds its VLM from vlm_model_name {vlm}, "
+                                  f"whose config does not load ({str(error).splitlines()[0]}); with "
+                                  "HF_HUB_OFFLINE=1 it must be in the Hub cache or a local directory") from None

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from openpi_triton.cli.lerobot import add_lerobot_flags, remove_repository, write_lerobot_repository
 from openpi_triton.cli.options import CliError
 from openpi_triton.config import (
     CPU_CONFIG_NAME,
@@ -47,10 +48,23 @@ def register_check(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
     p.add_argument("--config-name", default=CPU_CONFIG_NAME,
                    help="config variant Triton will load (configs/<name>.pbtxt)")
+    add_lerobot_flags(p)  # given: the LeRobot checkpoints are checked (as `serve` would), not the repository
 
     def run(args: argparse.Namespace) -> None:
         from openpi_triton.check import check_repository
 
+        if args.lerobot_policy:
+            generated = write_lerobot_repository(args)
+            try:
+                report = check_repository(generated, args.config_name)
+            finally:
+                remove_repository(generated)
+            for problem in report.problems:
+                print(f"error: {problem}")
+            if not report.ok:
+                sys.exit(1)
+            print(f"OK: serves {len(report.policies)} LeRobot policies: {', '.join(report.policies)}")
+            return
         report = check_repository(args.model_repository, args.config_name)
         for problem in report.problems:
             print(f"error: {problem}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -194,8 +195,9 @@ class EmbeddedTriton:
         try:
             self.child.wait_ready(f"{self.http_url}/v2/health/ready", self.startup_timeout_s, cancelled)
         except ChildFailed as error:
+            failures = load_failures(self.child.log_path)
             self.stop()
-            raise EmbeddedTritonError(str(error)) from None
+            raise EmbeddedTritonError("\n".join([str(error), *failures])) from None
         except BaseException:
             self.stop()
             raise
@@ -274,6 +276,16 @@ def shared_memory_regions_of(tritonserver_pid: int) -> list[Path]:
 
 def _regions(prefix: str) -> list[Path]:
     return sorted(SHARED_MEMORY_DIR.glob(prefix + "*")) if prefix else []  # the prefix has no glob characters
+
+
+def load_failures(log: Path) -> list[str]:
+    """Why models failed to load, from a tritonserver log: a python model's exception (a LeRobot checkpoint
+    refused, say) is in the middle of the log, far from the last lines a start-up error shows."""
+    if not log.is_file():
+        return []
+    found = re.findall(r"\"failed to load '([^']+)' version \d+: (.*?)\"?$", log.read_text(errors="replace"), re.M)
+    # Triton escapes the exception's newlines; its first line is the message, then comes the traceback.
+    return [f"model {model!r} failed to load: {reason.split(chr(92) + 'n')[0][:2000]}" for model, reason in found]
 
 
 def _triton_error(error: urllib.error.HTTPError) -> str:
