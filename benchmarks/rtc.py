@@ -10,7 +10,10 @@ while its next chunk is computed, measures the delay, and sends `rtc/executed` +
 mode) or nothing (RTC off). Per setting:
 - boundary jump: max per-joint difference between the last action executed from a chunk and the first
   executed from the next (robot units), mean and max over all boundaries of all robots; for scale, the mean
-  step between consecutive actions inside a chunk;
+  step between consecutive actions inside a chunk (with random weights a policy's chunks are not smooth: every
+  step is as large as a boundary jump, so this cannot show RTC's gain; a trained policy's can);
+- what RTC acts on: how far the new chunk's first `d` actions (d = the measured delay) are from the old
+  chunk's actions that ran meanwhile (max per joint, mean over those actions and boundaries);
 - RTC's cost: each robot's measured latency per chunk (p50), and the closed-loop capacity (robots sending
   their next frame as soon as an answer arrives, with and without RTC keys): answers/s.
 
@@ -64,6 +67,7 @@ def control_loops(url: str, robots: int, mode: str, control_hz: float, seconds: 
     latencies = np.concatenate([r.latencies_ms[1:] for r in reports])  # the first chunk is no boundary
     return {"robots": robots, "mode": mode, "boundaries": int(jumps.size),
             "jump_mean": float(jumps.mean()), "jump_max": float(jumps.max()), "inner_step_mean": float(inner.mean()),
+            "follow_error_mean": float(np.mean([e for r in reports for e in r.follow_errors])),
             "latency_p50_ms": float(np.percentile(latencies, 50)),
             "delay_steps_mean": float(np.mean([d for r in reports for d in r.delays[1:]])),
             "starved_steps": sum(r.starved_steps for r in reports),
@@ -142,6 +146,7 @@ def verdicts(loops: list[dict[str, Any]], capacities: list[dict[str, Any]]) -> d
         rtc = next(r for r in capacities if r["robots"] == robots and r["rtc"])
         out[f"robots_{robots}"] = {
             "jump_mean_ratio": on["jump_mean"] / off["jump_mean"], "jump_max_ratio": on["jump_max"] / off["jump_max"],
+            "follow_error_ratio": on["follow_error_mean"] / off["follow_error_mean"],
             "loop_latency_ratio": on["latency_p50_ms"] / off["latency_p50_ms"],
             "closed_loop_latency_ratio": rtc["latency_p50_ms"] / plain["latency_p50_ms"],
             "throughput_ratio": rtc["answers_per_s"] / plain["answers_per_s"]}
@@ -149,12 +154,13 @@ def verdicts(loops: list[dict[str, Any]], capacities: list[dict[str, Any]]) -> d
 
 
 def tables(result: dict[str, Any]) -> str:
-    lines = ["| robots | RTC | boundaries | jump mean | jump max | step inside a chunk | latency p50 ms | "
-             "delay (steps) | starved steps |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| robots | RTC | boundaries | jump mean | jump max | step inside a chunk | new chunk vs what ran "
+             "meanwhile | latency p50 ms | delay (steps) | starved steps |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["loops"]:
         lines.append(f"| {r['robots']} | {r['mode']} | {r['boundaries']} | {r['jump_mean']:.3f} | {r['jump_max']:.3f} "
-                     f"| {r['inner_step_mean']:.3f} | {r['latency_p50_ms']:.0f} | {r['delay_steps_mean']:.1f} | "
-                     f"{r['starved_steps']} |")
+                     f"| {r['inner_step_mean']:.3f} | {r['follow_error_mean']:.3f} | {r['latency_p50_ms']:.0f} | "
+                     f"{r['delay_steps_mean']:.1f} | {r['starved_steps']} |")
     lines += ["", "| robots | RTC | closed-loop latency p50 ms | answers/s |", "|---:|---|---:|---:|"]
     for r in result["capacity"]:
         lines.append(f"| {r['robots']} | {'on' if r['rtc'] else 'off'} | {r['latency_p50_ms']:.0f} | "
@@ -166,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=("full", "tiny"), default="tiny")
     parser.add_argument("--robots", default="1,4", help="comma-separated robot counts")
-    parser.add_argument("--control-hz", type=float, default=10.0)
+    parser.add_argument("--control-hz", type=float, default=5.0)
     parser.add_argument("--seconds", type=float, default=30.0, help="per control-loop setting")
     parser.add_argument("--steps", type=int, default=10, help="closed-loop answers per robot")
     parser.add_argument("--chunk", type=int, default=20, help="the checkpoint's chunk size")
@@ -184,3 +190,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
     main()
+

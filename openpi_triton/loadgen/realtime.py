@@ -37,6 +37,9 @@ class RealtimeReport:
     starved_steps: int = 0                      # control ticks with no action left (the robot holds still)
     jumps: list[float] = field(default_factory=list)          # per chunk boundary, robot units
     inner_steps: list[float] = field(default_factory=list)    # per executed step inside a chunk, for scale
+    # per switch with delay d > 0: mean over the new chunk's first d actions of their largest per-joint distance
+    # from the old chunk's actions that ran meanwhile (what RTC pulls together)
+    follow_errors: list[float] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)   # per chunk, measured by the robot
     delays: list[int] = field(default_factory=list)           # per chunk, control steps it took
     errors: list[str] = field(default_factory=list)
@@ -50,6 +53,7 @@ class RealtimeReport:
             "jump_mean": float(jumps.mean()) if jumps.size else None,
             "jump_max": float(jumps.max()) if jumps.size else None,
             "inner_step_mean": float(inner.mean()) if inner.size else None,
+            "follow_error_mean": float(np.mean(self.follow_errors)) if self.follow_errors else None,
             "latency_ms_p50": float(np.percentile(lat, 50)) if lat.size else None,
             "latency_ms_mean": float(lat.mean()) if lat.size else None,
             "delay_steps_mean": float(np.mean(self.delays)) if self.delays else None,
@@ -107,6 +111,9 @@ class RealtimeRobot:
                 new, delay = pending["answer"], index - pending["executed"]  # steps run from the old chunk
                 self._record(pending["latency"], delay)
                 if new is not None and delay < len(new):
+                    ran = chunk[pending["executed"]:index]
+                    if len(ran):
+                        self.report.follow_errors.append(float(np.abs(new[:len(ran)] - ran).max(-1).mean()))
                     chunk, index, switched = new, delay, True
                 pending = None
             if index < len(chunk):
