@@ -40,8 +40,8 @@ from openpi_triton.process import free_port
 from openpi_triton.triton.embedded import EmbeddedTriton
 
 
-def control_loops(url: str, robots: int, mode: str, control_hz: float, seconds: float) -> dict[str, Any]:
-    """`robots` real-time robots at once for `seconds`; their reports pooled."""
+def control_loops(url: str, robots: int, mode: str, control_hz: float, seconds: float) -> list[Any]:
+    """`robots` real-time robots at once for `seconds`; their reports."""
     from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
     clients = [WebsocketClientPolicy(host=url) for _ in range(robots)]
@@ -62,6 +62,11 @@ def control_loops(url: str, robots: int, mode: str, control_hz: float, seconds: 
         thread.join(seconds + 900)
     if errors:
         raise errors[0]
+    return reports
+
+
+def pooled(robots: int, mode: str, reports: list[Any]) -> dict[str, Any]:
+    """The reports of every round of one setting, pooled."""
     jumps = np.concatenate([r.jumps for r in reports])
     inner = np.concatenate([r.inner_steps for r in reports])
     latencies = np.concatenate([r.latencies_ms[1:] for r in reports])  # the first chunk is no boundary
@@ -74,7 +79,7 @@ def control_loops(url: str, robots: int, mode: str, control_hz: float, seconds: 
             "refused": sum(len(r.errors) for r in reports)}
 
 
-def capacity(url: str, robots: int, rtc: bool, steps: int, metadata: dict[str, Any]) -> dict[str, float]:
+def capacity(url: str, robots: int, rtc: bool, steps: int, metadata: dict[str, Any]) -> tuple[list[float], float]:
     """Closed loop: answers/s and latency p50 of `robots` robots sending back to back, with RTC (explicit
     leftover of their previous answer, delay 2) or without."""
     from openpi_client.websocket_client_policy import WebsocketClientPolicy
@@ -107,12 +112,11 @@ def capacity(url: str, robots: int, rtc: bool, steps: int, metadata: dict[str, A
         thread.join(3600)
     if errors:
         raise errors[0]
-    elapsed = time.perf_counter() - started
-    return {"latency_p50_ms": statistics.median(latencies), "answers_per_s": len(latencies) / elapsed}
+    return latencies, time.perf_counter() - started
 
 
 def run(size: str, robot_counts: list[int], control_hz: float, seconds: float, steps: int, chunk: int,
-        workdir: Path) -> dict[str, Any]:
+        workdir: Path, rounds: int = 3) -> dict[str, Any]:
     from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
     from openpi_triton.triton.lerobot_repository import LeRobotPolicy, prepare, write_repository
@@ -127,13 +131,24 @@ def run(size: str, robot_counts: list[int], control_hz: float, seconds: float, s
                         startup_timeout_s=900) as triton, front(triton.grpc_url, "smolvla", True) as (url, _):
         metadata = WebsocketClientPolicy(host=url).get_server_metadata()
         for robots in robot_counts:
-            for mode in ("off", "remembered"):
-                loops.append(control_loops(url, robots, mode, control_hz, seconds))
+            # Settings alternate in short rounds: this shared machine's load drifts by more than RTC costs.
+            reports: dict[str, list[Any]] = {"off": [], "remembered": []}
+            timed: dict[bool, tuple[list[float], float]] = {False: ([], 0.0), True: ([], 0.0)}
+            for _ in range(rounds):
+                for mode in reports:
+                    reports[mode] += control_loops(url, robots, mode, control_hz, seconds / rounds)
+                for rtc in (False, True):
+                    latencies, elapsed = capacity(url, robots, rtc, max(1, steps // rounds), metadata)
+                    timed[rtc] = (timed[rtc][0] + latencies, timed[rtc][1] + elapsed)
+            for mode, mode_reports in reports.items():
+                loops.append(pooled(robots, mode, mode_reports))
                 print(json.dumps(loops[-1]), flush=True)
-            for rtc in (False, True):
-                capacities.append({"robots": robots, "rtc": rtc, **capacity(url, robots, rtc, steps, metadata)})
+            for rtc, (latencies, elapsed) in timed.items():
+                capacities.append({"robots": robots, "rtc": rtc, "latency_p50_ms": statistics.median(latencies),
+                                   "answers_per_s": len(latencies) / elapsed})
                 print(json.dumps(capacities[-1]), flush=True)
-    return {"size": size, "chunk_size": chunk, "control_hz": control_hz, "seconds": seconds, "rtc": metadata["rtc"],
+    return {"size": size, "chunk_size": chunk, "control_hz": control_hz, "seconds": seconds, "rounds": rounds,
+            "rtc": metadata["rtc"],
             "loops": loops, "capacity": capacities, **verdicts(loops, capacities)}
 
 
@@ -173,14 +188,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--size", choices=("full", "tiny"), default="tiny")
     parser.add_argument("--robots", default="1,4", help="comma-separated robot counts")
     parser.add_argument("--control-hz", type=float, default=5.0)
-    parser.add_argument("--seconds", type=float, default=30.0, help="per control-loop setting")
-    parser.add_argument("--steps", type=int, default=10, help="closed-loop answers per robot")
+    parser.add_argument("--seconds", type=float, default=60.0, help="per control-loop setting, over all rounds")
+    parser.add_argument("--steps", type=int, default=15, help="closed-loop answers per robot, over all rounds")
     parser.add_argument("--chunk", type=int, default=20, help="the checkpoint's chunk size")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of RTC off / on per setting")
     parser.add_argument("--output", type=Path, help="write the result as JSON here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="rtc-bench-") as workdir:
         result = run(args.size, [int(n) for n in args.robots.split(",")], args.control_hz, args.seconds, args.steps,
-                     args.chunk, Path(workdir))
+                     args.chunk, Path(workdir), args.rounds)
     print(tables(result))
     print(json.dumps({key: value for key, value in result.items() if key not in ("loops", "capacity")}, indent=1))
     if args.output:
