@@ -14,8 +14,10 @@ mode) or nothing (RTC off). Per setting:
   step is as large as a boundary jump, so this cannot show RTC's gain; a trained policy's can);
 - what RTC acts on: how far the new chunk's first `d` actions (d = the measured delay) are from the old
   chunk's actions that ran meanwhile (max per joint, mean over those actions and boundaries);
-- RTC's cost: each robot's measured latency per chunk (p50), and the closed-loop capacity (robots sending
-  their next frame as soon as an answer arrives, with and without RTC keys): answers/s.
+- RTC's cost: where it runs, the python model's LeRobot call on a batch without and with RTC rows, in
+  alternating pairs (median per-pair ratio: robust to the machine's drift); served, each robot's measured
+  latency per chunk (p50) and the closed-loop capacity (robots sending their next frame as soon as an answer
+  arrives, with and without RTC keys): answers/s.
 
 Targets (issue 25): boundary jumps at least halved with RTC; at most 30% more latency per chunk.
 """
@@ -115,6 +117,40 @@ def capacity(url: str, robots: int, rtc: bool, steps: int, metadata: dict[str, A
     return latencies, time.perf_counter() - began[0]  # from when every robot had its first chunk
 
 
+def paired_cost(checkpoint: Path, robots: int, pairs: int) -> dict[str, float]:
+    """RTC's compute cost where it runs (the python model's LeRobot call), robust to the machine's drift:
+    `pairs` times, one batch of `robots` rows without RTC then the same batch with RTC on every row (leftover
+    of 10 actions, delay 3), back to back; the median of the per-pair time ratios."""
+    import torch
+
+    from openpi_policy.lerobot.runner import LeRobotRunner
+
+    runner = LeRobotRunner.from_checkpoint(str(checkpoint))
+    config = runner.loaded.info.config
+    robot_images = {name: torch.rand(robots, *feature.shape) for name, feature in config.input_features.items()
+                    if feature.type.value == "VISUAL"}
+    state = {name: torch.randn(robots, *feature.shape) for name, feature in config.input_features.items()
+             if feature.type.value == "STATE"}
+    action_dim = config.output_features["action"].shape[-1]
+    chunk = runner.chunk_size
+    leftovers = np.random.default_rng(0).normal(size=(robots, chunk, action_dim)).astype(np.float32)
+    rtc = (leftovers, [min(10, chunk)] * robots, [3] * robots)
+    ratios, plain_ms, rtc_ms = [], [], []
+    for pair in range(pairs + 1):
+        times = []
+        for guided in (None, rtc):
+            batch = {**robot_images, **state, "task": ["pick up the red cube"] * robots}
+            started = time.perf_counter()
+            runner.run_batch(batch, list(range(robots)), guided)
+            times.append((time.perf_counter() - started) * 1000)
+        if pair:  # the first pair warms up
+            plain_ms.append(times[0])
+            rtc_ms.append(times[1])
+            ratios.append(times[1] / times[0])
+    return {"robots": robots, "pairs": pairs, "plain_ms_p50": statistics.median(plain_ms),
+            "rtc_ms_p50": statistics.median(rtc_ms), "ratio_p50": statistics.median(ratios)}
+
+
 def run(size: str, robot_counts: list[int], control_hz: float, seconds: float, steps: int, chunk: int,
         workdir: Path, rounds: int = 3) -> dict[str, Any]:
     from openpi_client.websocket_client_policy import WebsocketClientPolicy
@@ -126,6 +162,8 @@ def run(size: str, robot_counts: list[int], control_hz: float, seconds: float, s
     checkpoint = build_smolvla(workdir / "smolvla", robot, vlm_dir=build_smolvlm_dir(workdir / "vlm", sizes),
                                sizes=sizes, chunk_size=chunk, n_action_steps=chunk)
     repository = write_repository(workdir / "repository", [prepare(LeRobotPolicy("smolvla", str(checkpoint)))])
+    costs = [paired_cost(checkpoint, robots, pairs=40) for robots in robot_counts]
+    print(json.dumps(costs), flush=True)
     loops, capacities = [], []
     with EmbeddedTriton([repository], http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
                         startup_timeout_s=900) as triton, front(triton.grpc_url, "smolvla", True) as (url, _):
@@ -149,7 +187,7 @@ def run(size: str, robot_counts: list[int], control_hz: float, seconds: float, s
                 print(json.dumps(capacities[-1]), flush=True)
     return {"size": size, "chunk_size": chunk, "control_hz": control_hz, "seconds": seconds, "rounds": rounds,
             "rtc": metadata["rtc"],
-            "loops": loops, "capacity": capacities, **verdicts(loops, capacities)}
+            "in_process_cost": costs, "loops": loops, "capacity": capacities, **verdicts(loops, capacities)}
 
 
 def verdicts(loops: list[dict[str, Any]], capacities: list[dict[str, Any]]) -> dict[str, Any]:
@@ -176,6 +214,10 @@ def tables(result: dict[str, Any]) -> str:
         lines.append(f"| {r['robots']} | {r['mode']} | {r['boundaries']} | {r['jump_mean']:.3f} | {r['jump_max']:.3f} "
                      f"| {r['inner_step_mean']:.3f} | {r['follow_error_mean']:.3f} | {r['latency_p50_ms']:.0f} | "
                      f"{r['delay_steps_mean']:.1f} | {r['starved_steps']} |")
+    lines += ["", "| robots | LeRobot call without RTC, p50 ms | with RTC on every row, p50 ms | "
+              "median per-pair ratio |", "|---:|---:|---:|---:|"]
+    for c in result["in_process_cost"]:
+        lines.append(f"| {c['robots']} | {c['plain_ms_p50']:.0f} | {c['rtc_ms_p50']:.0f} | {c['ratio_p50']:.3f} |")
     lines += ["", "| robots | RTC | closed-loop latency p50 ms | answers/s |", "|---:|---|---:|---:|"]
     for r in result["capacity"]:
         lines.append(f"| {r['robots']} | {'on' if r['rtc'] else 'off'} | {r['latency_p50_ms']:.0f} | "
