@@ -7,7 +7,9 @@ Parameters (written by `openpi-triton serve --lerobot-policy`, see openpi_triton
     lerobot_tokenizer   a tokenizer to load instead of the one the saved preprocessor names ("" = none)
     lerobot_plugins     JSON list of modules / .py files imported first (`checkpoint.import_plugins`)
     lerobot_device      "" = CUDA on a GPU instance, else the CPU; or a torch device
-Inputs: the plan's inputs and `seed` (INT64 [1]); output `actions` FP32 [chunk_size, action_dim].
+Inputs: the plan's inputs, `seed` (INT64 [1]) and the real-time chunking inputs of each row (`rtc.RTC_INPUTS`:
+`rtc_leftover` FP32 [chunk_size, action_dim] in the robot's units, `rtc_length` INT64 [1], 0 = no RTC, and
+`rtc_delay` INT64 [1]); output `actions` FP32 [chunk_size, action_dim].
 
 This module imports `triton_python_backend_utils`, which exists only inside Triton's python stub.
 """
