@@ -93,6 +93,32 @@ def test_remembered_mode_equals_explicit_mode(front) -> None:
     assert np.abs(again - by_count).max() > 1e-3
 
 
+def triton_inputs(per_row: list[dict[str, np.ndarray]]) -> list[Any]:
+    inputs = []
+    for name in per_row[0]:
+        stacked = np.concatenate([row[name] for row in per_row])
+        tensor = grpcclient.InferInput(name, list(stacked.shape), "BYTES" if stacked.dtype == object else
+                                       {np.dtype(np.uint8): "UINT8", np.dtype(np.float32): "FP32",
+                                        np.dtype(np.int64): "INT64"}[stacked.dtype])
+        tensor.set_data_from_numpy(stacked)
+        inputs.append(tensor)
+    return inputs
+
+
+def test_python_model_refuses_rtc_rows_that_make_no_sense(lerobot_triton) -> None:
+    """What the front checks is checked again where RTC runs (for anyone calling Triton directly)."""
+    grpc = grpcclient.InferenceServerClient(lerobot_triton.grpc_url)
+    policy = policy_from_config(grpc.get_model_config("smol", as_json=True)["config"])
+    obs = so100(20)
+    tensors = observation_to_tensors(policy, {k: v for k, v in obs.items() if k != "seed"}, obs["seed"])
+    tensors.update(rtc_tensors(policy.rtc, RtcRequest(np.zeros((4, 6), np.float32), 2)))
+    tensors[policy.rtc.delay][:] = 7
+    with pytest.raises(Exception, match="RTC delay 7 outside"):
+        grpc.infer("smol", triton_inputs([tensors]), client_timeout=120)
+    tensors[policy.rtc.delay][:] = 2
+    assert grpc.infer("smol", triton_inputs([tensors]), client_timeout=120).as_numpy("actions").shape == (1, 10, 6)
+
+
 def test_one_triton_batch_of_mixed_rows_gives_each_robot_its_own_answer(front, lerobot_triton) -> None:
     """Four rows in ONE Triton request (so certainly one batch of the python model): no RTC, two delays and
     leftover lengths, each equal to what that robot gets alone through the websocket."""
@@ -107,14 +133,7 @@ def test_one_triton_batch_of_mixed_rows_gives_each_robot_its_own_answer(front, l
         tensors = observation_to_tensors(policy, {k: v for k, v in obs.items() if k != "seed"}, obs["seed"])
         tensors.update(rtc_tensors(policy.rtc, request))
         per_row.append(tensors)
-    inputs = []
-    for name in per_row[0]:
-        stacked = np.concatenate([row[name] for row in per_row])
-        tensor = grpcclient.InferInput(name, list(stacked.shape), "BYTES" if stacked.dtype == object else
-                                       {np.dtype(np.uint8): "UINT8", np.dtype(np.float32): "FP32",
-                                        np.dtype(np.int64): "INT64"}[stacked.dtype])
-        tensor.set_data_from_numpy(stacked)
-        inputs.append(tensor)
+    inputs = triton_inputs(per_row)
     batched = grpc.infer("smol", inputs, client_timeout=120).as_numpy("actions")
     robot = client(front)
     for i, (obs, request) in enumerate(zip(observations, rows, strict=True)):

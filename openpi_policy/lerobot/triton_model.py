@@ -24,6 +24,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from openpi_policy.lerobot.batch import same_shapes, stack_requests
+from openpi_policy.lerobot.rtc import DELAY, LENGTH, check_rows
 from openpi_policy.lerobot.runner import LeRobotRunner
 
 
@@ -53,8 +54,17 @@ class LeRobotModel:
         except Exception as error:
             return [_error(error) for _ in requests]
         responses: list[Any] = [None] * len(requests)
+        # A request with RTC inputs that make no sense fails alone, not the batch it would have joined.
+        for index, request_inputs in enumerate(inputs):
+            try:
+                check_rows(request_inputs[LENGTH].reshape(-1).tolist(), request_inputs[DELAY].reshape(-1).tolist(),
+                           self.runner.chunk_size)
+            except (KeyError, ValueError) as error:
+                responses[index] = _error(error)
+        valid = [index for index, response in enumerate(responses) if response is None]
         # Requests whose cameras differ in size cannot share a tensor: one LeRobot call per shape.
-        for group in same_shapes(inputs):
+        for shape_group in same_shapes([inputs[i] for i in valid]):
+            group = [valid[i] for i in shape_group]
             try:
                 stacked = stack_requests([inputs[i] for i in group])
                 actions = self.runner(stacked, stacked["seed"].reshape(-1).tolist())
