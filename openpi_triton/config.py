@@ -158,3 +158,6 @@ def read_api_keys(inline: str | None, file: Path | None) -> tuple[str, ...]:
 LEROBOT_MAX_BATCH_SIZE = 16
 # Present when the NVIDIA driver is loaded: a LeRobot policy without --lerobot-device then runs on the GPU.
 NVIDIA_DRIVER_VERSION_FILE = "/proc/driver/nvidia/version"
+
+# `openpi-triton client --realtime`: the demo robot's control rate (SO-100 arms run LeRobot at 30 Hz).
+REALTIME_CONTROL_HZ = 30.0

@@ -335,3 +335,11 @@ def test_a_drain_is_bounded_by_the_drain_timeout(triton, open_ws):
     with pytest.raises(ConnectionClosed) as closed:
         ws.recv(timeout=RECV_TIMEOUT_S)
     assert closed.value.rcvd.code == 1012
+
+
+def test_rtc_keys_are_refused_by_a_policy_without_rtc(front, open_robot):
+    """The reference core cannot do real-time chunking: an RTC frame gets a text error, the connection stays."""
+    policy = open_robot(front)
+    with pytest.raises(RuntimeError, match="does not support real-time chunking"):
+        policy.infer(_libero_with(**{"rtc/leftover": np.zeros((5, 7), np.float32), "rtc/delay": 2}))
+    assert policy.infer(libero(np.random.default_rng(0)))["actions"].shape == (10, 7)

@@ -178,3 +178,15 @@ def _check_hub_parts(info: CheckpointInfo) -> None:
             raise CheckpointError(f"checkpoint {info.source}: SmolVLA builds its VLM from vlm_model_name {vlm}, "
                                   f"whose config does not load ({str(error).splitlines()[0]}); with "
                                   "HF_HUB_OFFLINE=1 it must be in the Hub cache or a local directory") from None
+
+
+def rtc_settings(config: Any) -> dict[str, Any]:
+    """What the handshake says about RTC: the checkpoint's `rtc_config` when it has one, else LeRobot's
+    `RTCConfig` defaults."""
+    from lerobot.policies.rtc.configuration_rtc import RTCConfig
+
+    rtc = getattr(config, "rtc_config", None) or RTCConfig()
+    schedule = rtc.prefix_attention_schedule
+    return {"execution_horizon": int(rtc.execution_horizon),
+            "prefix_attention_schedule": getattr(schedule, "value", str(schedule)),
+            "max_guidance_weight": float(rtc.max_guidance_weight)}

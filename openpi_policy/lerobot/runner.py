@@ -12,6 +12,16 @@ import numpy as np
 from openpi_policy.lerobot.batch import assemble, noise_batch
 from openpi_policy.lerobot.checkpoint import inspect_checkpoint
 from openpi_policy.lerobot.loading import LoadedPolicy, load_checkpoint
+from openpi_policy.lerobot.rtc import (
+    DELAY,
+    LEFTOVER,
+    LENGTH,
+    RowGuidance,
+    action_normaliser,
+    check_rows,
+    enable_rtc,
+    row_guidance,
+)
 
 
 class LeRobotRunner:
@@ -22,6 +32,9 @@ class LeRobotRunner:
         self.plan = dict(plan) if plan is not None else default_plan(config)
         self.chunk_size = int(config.chunk_size)
         self.max_action_dim = int(config.max_action_dim)
+        # RTC on: batches without RTC rows are sampled exactly as before (see rtc.BatchedRTCProcessor).
+        enable_rtc(loaded.policy)
+        self.normaliser = action_normaliser(loaded.preprocessor)
 
     @classmethod
     def from_checkpoint(cls, source: str, device: str | None = None, tokenizer: str | None = None,
@@ -37,18 +50,33 @@ class LeRobotRunner:
                 f"{str(dtype).removeprefix('torch.')})")
 
     def __call__(self, inputs: Mapping[str, np.ndarray], seeds: Sequence[int]) -> np.ndarray:
-        """Stacked model inputs of B rows and their seeds -> actions float32 [B, chunk_size, action_dim]."""
-        return self.run_batch(assemble(self.plan, inputs), seeds)
+        """Stacked model inputs of B rows and their seeds -> actions float32 [B, chunk_size, action_dim].
+        With the RTC inputs (`rtc.RTC_INPUTS`), rows of non-zero leftover length are guided by RTC."""
+        rtc = None
+        if LENGTH in inputs:
+            rtc = (inputs[LEFTOVER], inputs[LENGTH].reshape(-1).tolist(), inputs[DELAY].reshape(-1).tolist())
+        return self.run_batch(assemble(self.plan, inputs), seeds, rtc)
 
-    def run_batch(self, batch: dict[str, Any], seeds: Sequence[int]) -> np.ndarray:
-        """A robot batch as LeRobot's preprocessor takes it (features by name, images float CHW in [0, 1])."""
+    def guidance(self, leftovers: np.ndarray, lengths: Sequence[int], delays: Sequence[int]) -> RowGuidance | None:
+        """Per-row RTC inputs (leftovers in the robot's units [B, T, action_dim], 0 = no RTC) -> guidance."""
+        check_rows(lengths, delays, self.chunk_size)
+        return row_guidance(leftovers, lengths, delays, self.normaliser, self.loaded.device)
+
+    def run_batch(self, batch: dict[str, Any], seeds: Sequence[int],
+                  rtc: tuple[np.ndarray, Sequence[int], Sequence[int]] | None = None) -> np.ndarray:
+        """A robot batch as LeRobot's preprocessor takes it (features by name, images float CHW in [0, 1]);
+        `rtc`: (leftovers, lengths, delays) per row, see `guidance`."""
         import torch
 
         loaded = self.loaded
-        with torch.inference_mode():
+        guidance = None if rtc is None else self.guidance(*rtc)
+        # RTC's guidance runs autograd (LeRobot's denoise_step), which inference mode forbids.
+        context = torch.inference_mode() if guidance is None else torch.no_grad()
+        with context:
             model_batch = loaded.preprocessor(batch)
             noise = noise_batch(seeds, self.chunk_size, self.max_action_dim, loaded.device)
-            actions = loaded.policy.predict_action_chunk(model_batch, noise=noise)
+            kwargs = {} if guidance is None else {"prev_chunk_left_over": guidance, "inference_delay": None}
+            actions = loaded.policy.predict_action_chunk(model_batch, noise=noise, **kwargs)
             actions = loaded.postprocessor(actions)
         return actions.to(torch.float32).cpu().numpy()
 

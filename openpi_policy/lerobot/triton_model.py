@@ -7,7 +7,9 @@ Parameters (written by `openpi-triton serve --lerobot-policy`, see openpi_triton
     lerobot_tokenizer   a tokenizer to load instead of the one the saved preprocessor names ("" = none)
     lerobot_plugins     JSON list of modules / .py files imported first (`checkpoint.import_plugins`)
     lerobot_device      "" = CUDA on a GPU instance, else the CPU; or a torch device
-Inputs: the plan's inputs and `seed` (INT64 [1]); output `actions` FP32 [chunk_size, action_dim].
+Inputs: the plan's inputs, `seed` (INT64 [1]) and the real-time chunking inputs of each row (`rtc.RTC_INPUTS`:
+`rtc_leftover` FP32 [chunk_size, action_dim] in the robot's units, `rtc_length` INT64 [1], 0 = no RTC, and
+`rtc_delay` INT64 [1]); output `actions` FP32 [chunk_size, action_dim].
 
 This module imports `triton_python_backend_utils`, which exists only inside Triton's python stub.
 """
@@ -22,6 +24,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from openpi_policy.lerobot.batch import same_shapes, stack_requests
+from openpi_policy.lerobot.rtc import DELAY, LENGTH, check_rows
 from openpi_policy.lerobot.runner import LeRobotRunner
 
 
@@ -51,8 +54,17 @@ class LeRobotModel:
         except Exception as error:
             return [_error(error) for _ in requests]
         responses: list[Any] = [None] * len(requests)
+        # A request with RTC inputs that make no sense fails alone, not the batch it would have joined.
+        for index, request_inputs in enumerate(inputs):
+            try:
+                check_rows(request_inputs[LENGTH].reshape(-1).tolist(), request_inputs[DELAY].reshape(-1).tolist(),
+                           self.runner.chunk_size)
+            except (KeyError, ValueError) as error:
+                responses[index] = _error(error)
+        valid = [index for index, response in enumerate(responses) if response is None]
         # Requests whose cameras differ in size cannot share a tensor: one LeRobot call per shape.
-        for group in same_shapes(inputs):
+        for shape_group in same_shapes([inputs[i] for i in valid]):
+            group = [valid[i] for i in shape_group]
             try:
                 stacked = stack_requests([inputs[i] for i in group])
                 actions = self.runner(stacked, stacked["seed"].reshape(-1).tolist())

@@ -11,8 +11,16 @@ import numpy as np
 
 from openpi_triton.cli.lerobot import add_lerobot_flags, remove_repository, write_lerobot_repository
 from openpi_triton.cli.options import CliError
-from openpi_triton.config import CPU_CONFIG_NAME, DEFAULT_MODEL_REPOSITORY, DEFAULT_POLICY, FRONT_PORT, core_onnx_path
+from openpi_triton.config import (
+    CPU_CONFIG_NAME,
+    DEFAULT_MODEL_REPOSITORY,
+    DEFAULT_POLICY,
+    FRONT_PORT,
+    REALTIME_CONTROL_HZ,
+    core_onnx_path,
+)
 from openpi_triton.example_observations import FORMATS
+from openpi_triton.loadgen.realtime import RTC_MODES
 
 
 def register_export(sub: argparse._SubParsersAction) -> None:
@@ -85,6 +93,15 @@ def register_client(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key", default=None)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic observations")
+    p.add_argument("--realtime", action="store_true",
+                   help="real-time mode: execute actions at --control-hz while the next chunk is computed, "
+                        "measure the delay and use real-time chunking (--rtc); reports chunk-boundary jumps")
+    p.add_argument("--control-hz", type=float, default=REALTIME_CONTROL_HZ, help="real-time mode: control rate")
+    p.add_argument("--rtc", choices=RTC_MODES, default="remembered",
+                   help="real-time mode: RTC keys to send (remembered: rtc/executed; explicit: rtc/leftover)")
+    p.add_argument("--seconds", type=float, default=10.0, help="real-time mode: how long to run")
+    p.add_argument("--replan-after", type=int, default=None,
+                   help="real-time mode: actions of a chunk executed before the next is asked for (default: half)")
 
     def run(args: argparse.Namespace) -> None:
         try:
@@ -95,6 +112,9 @@ def register_client(sub: argparse._SubParsersAction) -> None:
         policy = WebsocketClientPolicy(host=f"ws://{args.host}:{args.port}/v1/realtime/robot/openpi/"
                                        f"{args.policy or args.format}", api_key=args.api_key)
         print(f"connected; server metadata: {policy.get_server_metadata()}", file=sys.stderr)
+        if args.realtime:
+            _run_realtime(policy, args)
+            return
         make_observation = FORMATS[args.format]
         rng = np.random.default_rng(args.seed)
         latencies, shape = [], None
@@ -111,3 +131,28 @@ def register_client(sub: argparse._SubParsersAction) -> None:
               f"p90 {p90:.1f} ms, p99 {p99:.1f} ms, max {max(latencies):.1f} ms")
 
     p.set_defaults(run=run)
+
+
+def _run_realtime(policy: object, args: argparse.Namespace) -> None:
+    from openpi_triton.loadgen.realtime import RealtimeRobot, lerobot_observer
+
+    metadata = policy.get_server_metadata()  # type: ignore[attr-defined]
+    if args.rtc != "off" and not metadata.get("rtc", {}).get("supported"):
+        raise CliError(f"policy {args.policy or args.format!r} does not support real-time chunking; use --rtc off")
+    if "lerobot" in metadata:
+        observe = lerobot_observer(metadata, args.seed)
+    else:
+        rng, make_observation = np.random.default_rng(args.seed), FORMATS[args.format]
+        observe = lambda _last: make_observation(rng)  # noqa: E731
+    robot = RealtimeRobot(policy, observe, args.control_hz, args.rtc, args.replan_after)
+    summary = robot.run(args.seconds).summary()
+    print(f"{summary['chunks']} chunks at {args.control_hz:g} Hz, RTC {args.rtc}: latency p50 "
+          f"{summary['latency_ms_p50']:.1f} ms (delay {summary['delay_steps_mean']:.1f} steps); boundary jump mean "
+          f"{_figure(summary['jump_mean'])} max {_figure(summary['jump_max'])} (steps inside a chunk: "
+          f"{_figure(summary['inner_step_mean'])}); starved steps {summary['starved_steps']}")
+    for error in summary["errors"]:
+        print(f"refused: {error}", file=sys.stderr)
+
+
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

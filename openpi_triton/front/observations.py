@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from openpi_triton.front.codec import ProtocolError
+from openpi_triton.front.rtc import rtc_tensors
 from openpi_triton.triton.policy import InputSpec, Policy
 from openpi_triton.triton.tensors import TRITON_DTYPES
 
@@ -121,6 +122,8 @@ def observation_to_tensors(policy: Policy, observation: Mapping[str, Any], seed:
         tensors[policy.seed_input] = seeds if rows is None else seeds[:, None]
     if policy.batched and rows is None:
         tensors = {name: value[None] for name, value in tensors.items()}
+    if policy.rtc is not None:  # rows without RTC; a frame's RTC keys replace them (`front.rtc`)
+        tensors.update(rtc_tensors(policy.rtc, None, rows or 1))
     return tensors
 
 

@@ -24,12 +24,13 @@ from openpi_triton.front.drain import Drain
 from openpi_triton.front.live_sessions import LiveSessions, SessionLimitReached
 from openpi_triton.front.metrics import FrontMetrics
 from openpi_triton.front.observations import nonfinite_answer, observation_to_tensors, unbatch
+from openpi_triton.front.rtc import RTC_KEYS, answered_chunk, rtc_request, rtc_tensors
 from openpi_triton.triton.backend import Backend, BackendRejected, BackendUnavailable, SequenceFlags, SequenceLost
 from openpi_triton.triton.policy import Policy
 
 log = logging.getLogger("openpi_triton.front")
 
-CONTROL_KEYS = ("endpoint", "session_id", "seed")
+CONTROL_KEYS = ("endpoint", "session_id", "seed", *RTC_KEYS)
 PROTOCOL = "openpi"  # the metrics label of this front's requests
 MAX_SESSION_ID_CHARS = 256
 # Triton sequence ids: one per session, unique within this process.
@@ -45,6 +46,7 @@ class Session:
     sequence_id: int = 0
     last_tensors: dict[str, np.ndarray] | None = None  # replayed to end a Triton sequence
     live: bool = False  # counted in the server's live sessions (a stateful policy's session once started)
+    last_chunk: np.ndarray | None = None  # the last answered chunk, for remembered-mode RTC (`front.rtc`)
 
     @property
     def is_first_call(self) -> bool:
@@ -183,7 +185,10 @@ class RobotConnection:
                 raise ProtocolError(f"policy {self.policy.name!r} needs a 'session_id' with every infer (its "
                                     "handshake says needs_session_id: true)")
             observation = {key: value for key, value in message.items() if key not in CONTROL_KEYS}
+            rtc = rtc_request(self.policy, message, self.session.last_chunk)
             tensors = observation_to_tensors(self.policy, observation, seed)
+            if rtc is not None and self.policy.rtc is not None:
+                tensors.update(rtc_tensors(self.policy.rtc, rtc))
         except ProtocolError as error:
             raise Refused(str(error), "bad_request") from None
 
@@ -218,6 +223,8 @@ class RobotConnection:
             self.session.last_tensors = tensors
         response = unbatch(self.policy, outputs)
         self._check_finite(response)
+        if self.policy.rtc is not None:  # what the robot now executes: remembered-mode RTC continues from it
+            self.session.last_chunk = answered_chunk(self.policy.rtc, outputs)
 
         timing: dict[str, float] = {"infer_ms": infer_ms}
         if self._prev_total_ms is not None:

@@ -22,6 +22,9 @@ from openpi_triton.config import LEROBOT_MAX_BATCH_SIZE, NVIDIA_DRIVER_VERSION_F
 from openpi_triton.triton.lerobot_keys import KeyMap, load_key_map
 
 MODEL_SUFFIX = "_lerobot"
+# The python model's RTC inputs (openpi_policy.lerobot.rtc.RTC_INPUTS) and the robot's frame keys.
+RTC_LEFTOVER, RTC_LENGTH, RTC_DELAY = "rtc_leftover", "rtc_length", "rtc_delay"
+RTC_KEYS = {"explicit": ["rtc/leftover", "rtc/delay"], "remembered": ["rtc/executed", "rtc/delay"]}
 PYTHON_MODEL = "from openpi_policy.lerobot.triton_model import LeRobotModel as TritonPythonModel  # noqa: F401\n"
 
 
@@ -41,7 +44,7 @@ class LeRobotPolicy:
 @dataclass(frozen=True)
 class PreparedPolicy:
     policy: LeRobotPolicy
-    metadata: dict[str, Any]         # the `lerobot` entry of the handshake
+    metadata: dict[str, Any]         # the `lerobot` entry of the handshake, with its `rtc` entry
     key_map: KeyMap
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # model name -> ModelConfig (JSON form)
 
@@ -57,7 +60,7 @@ def prepare(policy: LeRobotPolicy) -> PreparedPolicy:
 
     try:
         info = inspect_checkpoint(policy.source, policy.tokenizer, policy.plugins)
-        metadata = info.metadata()
+        metadata = {**info.metadata(), "rtc": rtc_metadata(info.config)}
         key_map = load_key_map(policy.keys, metadata)
     except (CheckpointError, KeyMapError) as error:
         raise LeRobotPolicyError(f"--lerobot-policy {policy.name}: {error}") from None
@@ -66,6 +69,15 @@ def prepare(policy: LeRobotPolicy) -> PreparedPolicy:
     prepared = PreparedPolicy(policy, metadata, key_map)
     prepared.configs.update(_configs(prepared, _absolute(policy.source)))
     return prepared
+
+
+def rtc_metadata(config: Any) -> dict[str, Any]:
+    """The `rtc` entry of the handshake: how this policy does real-time chunking and the keys a robot sends
+    (`openpi_triton.front.rtc`)."""
+    from openpi_policy.lerobot.checkpoint import rtc_settings
+
+    return {"supported": True, **rtc_settings(config), "chunk_size": int(config.chunk_size),
+            "action_dim": int(config.output_features["action"].shape[-1]), "keys": RTC_KEYS}
 
 
 def _tensor(name: str, datatype: str, dims: tuple[int, ...] | list[int]) -> dict[str, Any]:
@@ -90,8 +102,11 @@ def _absolute(path: str) -> str:
 def _configs(prepared: PreparedPolicy, checkpoint: str) -> dict[str, dict[str, Any]]:
     policy, key_map, meta = prepared.policy, prepared.key_map, prepared.metadata
     model = policy.name + MODEL_SUFFIX
-    inputs = [_tensor(k.input, k.datatype, k.dims) for k in key_map.keys] + [_tensor("seed", "TYPE_INT64", [1])]
     action_dim = meta["output_features"]["action"]["shape"][-1]
+    inputs = [_tensor(k.input, k.datatype, k.dims) for k in key_map.keys] + [_tensor("seed", "TYPE_INT64", [1])]
+    # RTC per row, always present so that rows with and without RTC share a Triton batch.
+    inputs += [_tensor(RTC_LEFTOVER, "TYPE_FP32", [meta["chunk_size"], action_dim]),
+               _tensor(RTC_LENGTH, "TYPE_INT64", [1]), _tensor(RTC_DELAY, "TYPE_INT64", [1])]
     outputs = [_tensor("actions", "TYPE_FP32", [meta["chunk_size"], action_dim])]
     on_gpu = (policy.device or ("cuda" if _cuda_here() else "cpu")).startswith("cuda")
     python_model = {
@@ -107,10 +122,13 @@ def _configs(prepared: PreparedPolicy, checkpoint: str) -> dict[str, dict[str, A
         },
     }
     parameters = {
-        "policy_server_config": _string({"lerobot": meta, "key_map": key_map.name}),
+        "policy_server_config": _string({"lerobot": {k: v for k, v in meta.items() if k != "rtc"},
+                                         "key_map": key_map.name, "rtc": meta["rtc"]}),
         "observation_map": _string({k.key: k.input for k in key_map.keys}),
         "output_map": _string(key_map.outputs),
         "seed_input": _string("seed"),
+        "rtc_inputs": _string({"leftover": RTC_LEFTOVER, "length": RTC_LENGTH, "delay": RTC_DELAY,
+                               "output": "actions"}),
     }
     if key_map.modality is not None:
         parameters["gr00t_modality_config"] = _string(key_map.modality)

@@ -10,6 +10,8 @@ response keys; Triton's own input metadata gives each input's dtype and shape:
     stateful         "true"        (optional: or the model has `sequence_batching` itself)
     gr00t_modality_config  {...}   (optional: what a GR00T client is told; see `triton.modality`)
     answer_convention      {...}   (optional: handshake, infer and reset answer forms; see `triton.conventions`)
+    rtc_inputs  {"leftover": "rtc_leftover", "length": "rtc_length", "delay": "rtc_delay", "output": "actions"}
+                (optional: the policy does real-time chunking per row; see `front.rtc`)
 
 A `slice` answers with `slice[i]` entries of each axis i of one example, from `offset[i]` (0 unless an
 `offset` is given): {"output": "actions", "slice": [16, 1], "offset": [0, 5]} is actions[:16, 5:6].
@@ -55,6 +57,19 @@ class InputSpec:
 
 
 @dataclass(frozen=True)
+class RtcSpec:
+    """The model inputs of a policy's real-time chunking: the leftover [chunk_size, action_dim] of the
+    robot's previous chunk in its units (zero padded), its length (0: no RTC) and the inference delay."""
+
+    leftover: str
+    length: str
+    delay: str
+    output: str           # the model output whose chunk a session remembers
+    chunk_size: int
+    action_dim: int
+
+
+@dataclass(frozen=True)
 class Policy:
     name: str
     metadata: dict[str, Any]
@@ -72,6 +87,7 @@ class Policy:
     max_batch_size: int = 0  # rows of one call (Triton's max_batch_size; 0: not batched)
     modality: ModalityConfig | None = None  # for GR00T clients
     convention: AnswerConvention = DEFAULT_CONVENTION  # how answers look on the wire
+    rtc: RtcSpec | None = None  # real-time chunking, when the policy does it
 
     @property
     def required_keys(self) -> list[str]:
@@ -94,6 +110,7 @@ class Policy:
             "stateful": self.stateful,
             "gr00t": self.modality is not None,
             "answers": self.convention.describe(),
+            "rtc": self.metadata.get("rtc", {"supported": False}) if self.rtc else {"supported": False},
         }
 
 
@@ -140,7 +157,10 @@ def policy_from_config(config: Mapping[str, Any]) -> Policy:
             key=key, name=input_name, datatype=triton_datatype(declared["data_type"]),
             dims=tuple(int(d) for d in declared.get("dims", [])), optional=bool(entry.get("optional", False)),
         ))
+    rtc = _rtc_spec(name, _json_parameter(params, "rtc_inputs", name, None), model_inputs)
     fed = {spec.name for spec in inputs} | ({seed_input} if seed_input else set())
+    if rtc is not None:
+        fed |= {rtc.leftover, rtc.length, rtc.delay}
     if seed_input and seed_input not in model_inputs:
         raise PolicyConfigError(f"model {name!r}: seed_input {seed_input!r} is not an input of the model")
     unfed = set(model_inputs) - fed
@@ -176,6 +196,7 @@ def policy_from_config(config: Mapping[str, Any]) -> Policy:
         models=(name, *dict.fromkeys(step["model_name"] for step in
                                      config.get("ensemble_scheduling", {}).get("step", []))),
         max_batch_size=int(config.get("max_batch_size", 0)), convention=convention,
+        rtc=rtc,
     )
     if "gr00t_modality_config" not in params:
         return policy
@@ -185,6 +206,21 @@ def policy_from_config(config: Mapping[str, Any]) -> Policy:
     except ValueError as error:
         raise PolicyConfigError(f"model {name!r}: 'gr00t_modality_config' {error}") from None
     return replace(policy, modality=modality)
+
+
+def _rtc_spec(model: str, entry: Any, model_inputs: Mapping[str, Any]) -> RtcSpec | None:
+    if entry is None:
+        return None
+    fields = ("leftover", "length", "delay", "output")
+    if not isinstance(entry, dict) or not all(isinstance(entry.get(key), str) for key in fields):
+        raise PolicyConfigError(f"model {model!r}: 'rtc_inputs' must name {list(fields)}")
+    missing = [entry[key] for key in fields[:3] if entry[key] not in model_inputs]
+    if missing:
+        raise PolicyConfigError(f"model {model!r}: 'rtc_inputs' names unknown inputs {missing}")
+    dims = [int(d) for d in model_inputs[entry["leftover"]].get("dims", [])]
+    if len(dims) != 2 or min(dims) <= 0:
+        raise PolicyConfigError(f"model {model!r}: RTC leftover input must be [chunk_size, action_dim], got {dims}")
+    return RtcSpec(entry["leftover"], entry["length"], entry["delay"], entry["output"], dims[0], dims[1])
 
 
 def _slice(model: str, key: str, sizes: Any, dims: tuple[int, ...] | None) -> tuple[int, ...]:
