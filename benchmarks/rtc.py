@@ -30,6 +30,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,28 +43,37 @@ from openpi_triton.process import free_port
 from openpi_triton.triton.embedded import EmbeddedTriton
 
 
+def in_threads(robot: Callable[[int], None], robots: int, join_s: float) -> None:
+    """`robot(i)` for each of `robots` robots, each in its own thread; the first robot's error is raised."""
+    errors: list[BaseException] = []
+
+    def guarded(index: int) -> None:
+        try:
+            robot(index)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=guarded, args=(i,), daemon=True) for i in range(robots)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(join_s)
+    if errors:
+        raise errors[0]
+
+
 def control_loops(url: str, robots: int, mode: str, control_hz: float, seconds: float) -> list[Any]:
     """`robots` real-time robots at once for `seconds`; their reports."""
     from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
     clients = [WebsocketClientPolicy(host=url) for _ in range(robots)]
     reports: list[Any] = [None] * robots
-    errors: list[BaseException] = []
 
     def robot(index: int) -> None:
-        try:
-            observe = lerobot_observer(clients[index].get_server_metadata(), seed=index)
-            reports[index] = RealtimeRobot(clients[index], observe, control_hz, mode).run(seconds)
-        except BaseException as error:
-            errors.append(error)
+        observe = lerobot_observer(clients[index].get_server_metadata(), seed=index)
+        reports[index] = RealtimeRobot(clients[index], observe, control_hz, mode).run(seconds)
 
-    threads = [threading.Thread(target=robot, args=(i,), daemon=True) for i in range(robots)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(seconds + 900)
-    if errors:
-        raise errors[0]
+    in_threads(robot, robots, seconds + 900)
     return reports
 
 
@@ -89,31 +99,21 @@ def capacity(url: str, robots: int, rtc: bool, steps: int, metadata: dict[str, A
     clients = [WebsocketClientPolicy(host=url) for _ in range(robots)]
     observers = [lerobot_observer(metadata, seed=i) for i in range(robots)]
     latencies: list[float] = []
-    errors: list[BaseException] = []
     began: list[float] = []
     barrier = threading.Barrier(robots, timeout=600, action=lambda: began.append(time.perf_counter()))
 
     def robot(index: int) -> None:
-        try:
-            chunk = clients[index].infer(observers[index](None))["actions"]
-            barrier.wait()
-            for _ in range(steps):
-                frame = observers[index](chunk[4])
-                if rtc:
-                    frame.update({"rtc/executed": 4, "rtc/delay": 2})
-                started = time.perf_counter()
-                chunk = clients[index].infer(frame)["actions"]
-                latencies.append((time.perf_counter() - started) * 1000)
-        except BaseException as error:
-            errors.append(error)
+        chunk = clients[index].infer(observers[index](None))["actions"]
+        barrier.wait()
+        for _ in range(steps):
+            frame = observers[index](chunk[4])
+            if rtc:
+                frame.update({"rtc/executed": 4, "rtc/delay": 2})
+            started = time.perf_counter()
+            chunk = clients[index].infer(frame)["actions"]
+            latencies.append((time.perf_counter() - started) * 1000)
 
-    threads = [threading.Thread(target=robot, args=(i,), daemon=True) for i in range(robots)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(3600)
-    if errors:
-        raise errors[0]
+    in_threads(robot, robots, 3600)
     return latencies, time.perf_counter() - began[0]  # from when every robot had its first chunk
 
 
