@@ -3,8 +3,10 @@ forms, get_action in both generations, and the repository's modality config chec
 
 from __future__ import annotations
 
+import gc
 import io
 import json
+import sys
 from typing import Any
 
 import msgpack
@@ -24,6 +26,7 @@ from openpi_triton.triton.repository import policy_from_repository, read_model_c
 
 from .conftest import MODEL_REPOSITORY
 from .test_cli import edit, repository  # noqa: F401  (fixture)
+from .waiting import run_threads
 
 SO100 = policy_from_repository(MODEL_REPOSITORY, "so100")
 
@@ -215,3 +218,43 @@ def test_check_finds_action_dims_the_cuts_leave_out(repository):  # noqa: F811
     problems = check_repository(repository).problems
     assert any("'action.gripper' slice [16, 1] at offset [0, 6] give action dims [0, 1, 2, 3, 4, 6]" in p
                and "has 6 for 'actions'" in p for p in problems), problems
+
+
+class _Finalized:
+    """Garbage whose collection runs Python code: that is where CPython switches threads in the middle of
+    building an AST, the opening python/cpython#106905 needs."""
+
+    def __del__(self) -> None:
+        sum(range(50))
+
+
+def test_the_front_and_gr00t_robots_in_threads_read_npy_arrays_side_by_side():
+    """16 GR00T robots in threads beside the front (the mixed-fleet test) once failed a request with
+    "SystemError: AST constructor recursion depth mismatch": numpy reads a .npy header with ast, whose
+    CPython 3.11 state is shared by all threads. Thread switches every microsecond and a collection every
+    50 allocations make the overlap certain instead of rare."""
+    previous_interval, previous_threshold = sys.getswitchinterval(), gc.get_threshold()
+    request = pack_request("get_action", {"state.arm": np.zeros((1, 5), np.float32)})
+    reply = encode_reply({"action.arm": np.ones((16, 5), np.float32)})
+
+    def front() -> None:
+        for _ in range(1500):
+            garbage = _Finalized()
+            garbage.cycle = garbage
+            del garbage
+            assert decode_value(decode_request(request)["data"])["state.arm"].shape == (1, 5)
+
+    def robot() -> None:
+        for _ in range(1500):
+            garbage = _Finalized()
+            garbage.cycle = garbage
+            del garbage
+            assert unpack_reply(reply)["action.arm"].shape == (16, 5)
+
+    sys.setswitchinterval(1e-6)
+    gc.set_threshold(50, 1, 1)
+    try:
+        run_threads([front, robot] * 4)
+    finally:
+        sys.setswitchinterval(previous_interval)
+        gc.set_threshold(*previous_threshold)

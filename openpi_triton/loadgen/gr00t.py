@@ -21,6 +21,7 @@ import zmq.asyncio
 from openpi_triton.config import GR00T_GENERATIONS, GR00T_N15, GR00T_N16, GR00T_PORT
 from openpi_triton.example_observations import Observation, make_observations
 from openpi_triton.loadgen.fleet import ChannelBroken, ServerError
+from openpi_triton.npy import load_npy
 
 GENERATIONS = GR00T_GENERATIONS
 OBSERVATION_POOL = 8
@@ -36,7 +37,7 @@ def _pack_default(obj: Any) -> Any:
 
 def _unpack_hook(obj: dict[str, Any]) -> Any:
     if obj.get("__ndarray_class__") is True:
-        return np.load(io.BytesIO(obj["as_npy"]), allow_pickle=False)
+        return load_npy(obj["as_npy"])
     if obj.get("__ModalityConfig_class__") is True:
         body = obj["as_json"]
         return json.loads(body) if isinstance(body, str) else body  # N1.5: a JSON string; N1.6: a map

@@ -21,6 +21,7 @@ import numpy as np
 
 from openpi_triton.config import GR00T_GENERATIONS, GR00T_N15
 from openpi_triton.front.codec import MAX_NDIM, MAX_NESTING, ProtocolError, array_from_bytes, decode_marker, text
+from openpi_triton.npy import read_npy_header
 from openpi_triton.triton.modality import MODALITIES, ModalityConfig, observation_key
 
 # torch.save writes a zip file: what GR00T N1 clients up to Aug 2025 send.
@@ -52,11 +53,7 @@ def npy_array(data: Any, where: str) -> np.ndarray:
         raise ProtocolError(f"{where}: 'as_npy' must be the bytes of a .npy file, got {type(data).__name__}")
     stream = io.BytesIO(data)
     try:
-        version = np.lib.format.read_magic(stream)
-        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-        if version not in read_header:
-            raise ValueError(f"unsupported .npy format version {version}")
-        shape, fortran_order, dtype = read_header[version](stream)
+        shape, fortran_order, dtype = read_npy_header(stream)
     except (ValueError, TypeError, SyntaxError, EOFError) as error:
         raise ProtocolError(f"{where}: not a readable .npy file ({error})") from None
     if len(shape) > MAX_NDIM:
