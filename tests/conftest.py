@@ -6,6 +6,7 @@ import contextlib
 import threading
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ MODEL_ONNX = core_onnx_path(MODEL_REPOSITORY)
 
 # Fixtures that start a real tritonserver (directly or under a front): a test using one is an integration test.
 TRITON_FIXTURES = {"triton", "second_triton", "torch_triton", "front", "lerobot_triton"}
+# The session's tritonservers themselves (the front fixture runs on `triton`).
+SESSION_TRITONS = TRITON_FIXTURES - {"front"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -54,6 +57,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 and item.get_closest_marker("integration") is None]
     if unmarked:
         raise pytest.UsageError("tests that start a tritonserver need @pytest.mark.integration: " + ", ".join(unmarked))
+
+
+@pytest.fixture(autouse=True)
+def session_tritonservers_running(request: pytest.FixtureRequest) -> None:
+    """Every session tritonserver a test uses is running when it starts (see `start_again_if_exited`)."""
+    for name in sorted(SESSION_TRITONS & set(request.fixturenames)):
+        start_again_if_exited(name, request.getfixturevalue(name))
+
+
+def start_again_if_exited(name: str, server: EmbeddedTriton) -> bool:
+    """Starts again, on its ports, a session tritonserver that an earlier test left dead (with a warning
+    that quotes its log), so that one crash fails one test and not every later test on that server.
+
+    Seen once on the loaded 2-core VM: Triton 2.51's python backend calls a stub "not healthy" when its
+    heartbeat (every 300 ms) misses a 1 s window during a long execute, which a stall of the whole VM
+    causes, and tritonserver then aborts (boost lock_exception)."""
+    if not server.exited():
+        return False
+    tail = server.child.log_tail(5) if server.child is not None else ""
+    server.stop()
+    server.start()
+    warnings.warn(f"the session tritonserver {name!r} had exited; started again. Last lines of its log:\n{tail}",
+                  stacklevel=2)
+    return True
 
 
 @pytest.fixture(scope="session")

@@ -13,11 +13,11 @@ import threading
 import numpy as np
 import pytest
 
-from openpi_triton.process import die_with_parent, free_port
+from openpi_triton.process import die_with_parent, free_port, url_answers
 from openpi_triton.triton import embedded
 from openpi_triton.triton.embedded import EmbeddedTriton, EmbeddedTritonError
 
-from .conftest import TEST_MODEL_REPOSITORY
+from .conftest import TEST_MODEL_REPOSITORY, start_again_if_exited
 from .waiting import wait_until
 
 
@@ -144,3 +144,13 @@ def test_a_dead_stub_comes_back_with_a_reload_and_stop_leaves_nothing_behind():
         server.stop()
     assert group_members(group) == []
     assert [region for region in regions if region.exists()] == []
+
+
+@pytest.mark.integration
+def test_a_session_tritonserver_that_died_is_started_again_for_the_next_test(second_triton):
+    os.kill(second_triton.pid, signal.SIGKILL)
+    wait_until(second_triton.exited, "the killed tritonserver exits", 30)
+    with pytest.warns(UserWarning, match="'second_triton' had exited; started again"):
+        assert start_again_if_exited("second_triton", second_triton)
+    assert url_answers(f"{second_triton.http_url}/v2/health/ready")
+    assert not start_again_if_exited("second_triton", second_triton)  # a running one is left alone
