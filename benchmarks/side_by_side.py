@@ -133,6 +133,21 @@ def _run_point(config: SideBySideConfig, name: str, row: _Row, robots: int) -> P
     return window.attach(asyncio.run(point()))
 
 
+def _warm_up(row: _Row) -> None:
+    """One call through a row before its first point: a server's first call pays for what its later ones
+    do not (PyTorch's lazy start in the reference server took over 3 s on the loaded 2-core VM, so its
+    robot sent nothing inside a smoke run's window)."""
+    async def once() -> None:
+        async with row.channels() as open_channel:
+            channel = await open_channel(0)
+            try:
+                await channel.call()
+            finally:
+                await channel.close()
+
+    asyncio.run(once())
+
+
 @contextlib.contextmanager
 def _stats(triton_url: str, policy: str) -> Iterator[TritonStats]:
     stats = TritonStats(triton_url, policy)
@@ -148,9 +163,9 @@ def run(config: SideBySideConfig, triton: tuple[str, int | None] | None = None,
     already started on this host (as `servers.triton` starts one), instead of `config.triton_url`'s;
     `core`: the in-process core, already built (a GPU's captures take seconds), instead of `_core`'s.
 
-    Every server starts first; then each fleet size runs every row back to back, in an order that
-    reverses from one fleet size to the next, so that rows are compared over the same minutes of a
-    machine whose speed drifts (a shared 2-core VM does, by tens of percent).
+    Every server starts first and answers one call (not measured); then each fleet size runs every row
+    back to back, in an order that reverses from one fleet size to the next, so that rows are compared
+    over the same minutes of a machine whose speed drifts (a shared 2-core VM does, by tens of percent).
     """
     unknown = set(config.rows) - set(ROWS)
     if unknown:
@@ -189,6 +204,8 @@ def run(config: SideBySideConfig, triton: tuple[str, int | None] | None = None,
             else:
                 assert core is not None
                 setup[name] = _Row(channels.core_channels(core, max(config.robots)), {})
+        for row in setup.values():
+            _warm_up(row)
         rows: dict[str, list[PointResult]] = {name: [] for name in config.rows}
         for index, robots in enumerate(config.robots):
             order = config.rows if index % 2 == 0 else config.rows[::-1]
