@@ -21,6 +21,7 @@ FLAGS: dict[str, dict[str, Any]] = {
     "seed": {"type": int, "default": 0, "help": "seed of the observations (and sampling noise)"},
     "output": {"type": Path, "help": "where the results go"},
     "tritonserver": {"type": Path, "help": "tritonserver directory (default: the wheel's)"},
+    "size": {"choices": ("full", "tiny"), "help": "the LeRobot checkpoint built: full-size SmolVLA or a tiny one"},
 }
 
 

@@ -32,6 +32,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.arguments import add_flags  # noqa: E402
 from benchmarks.fakearm import SENT, FakeArmConfig  # noqa: E402
 from openpi_triton.process import Child, free_port, running_child  # noqa: E402
 from openpi_triton.triton.embedded import EmbeddedTriton  # noqa: E402
@@ -153,13 +154,13 @@ def run_robots(addresses: list[str], checkpoint_name: str, seconds: float, warmu
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--robots", default="1,2,4")
+    add_flags(parser, "robots", robots=(1, 2, 4))
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--servers", default="ours,lerobot")
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args()
-    counts = [int(n) for n in args.robots.split(",")]
+    counts = list(args.robots)
     from benchmarks.lerobot_checkpoints import build_smolvla
 
     results = []

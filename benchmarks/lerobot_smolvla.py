@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.arguments import add_flags
 from benchmarks.lerobot_checkpoints import FULL_SMOLVLM, TINY_SMOLVLM, RobotFeatures, build_smolvla, build_smolvlm_dir
 from openpi_triton.process import free_port, running_child
 
@@ -151,15 +152,14 @@ def table(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=("full", "tiny"), default="full")
-    parser.add_argument("--robots", default="1,2,4", help="comma-separated robot counts")
+    add_flags(parser, "size", "robots", size="full", robots=(1, 2, 4))
     parser.add_argument("--steps", type=int, default=5, help="timed answers per robot (and in-process calls)")
     parser.add_argument("--image", default="480x640", help="camera frames, HxW (two cameras)")
     parser.add_argument("--output", type=Path, help="write the result as JSON here")
     args = parser.parse_args(argv)
     height, width = (int(v) for v in args.image.split("x"))
     with tempfile.TemporaryDirectory(prefix="lerobot-bench-") as workdir:
-        result = run(args.size, [int(n) for n in args.robots.split(",")], args.steps, (height, width), Path(workdir))
+        result = run(args.size, list(args.robots), args.steps, (height, width), Path(workdir))
     print(table(result))
     print({key: value for key, value in result.items() if key not in ("rows",)})
     if args.output:

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.arguments import add_flags
 from benchmarks.lerobot_checkpoints import FULL_SMOLVLM, TINY_SMOLVLM, RobotFeatures, build_smolvla, build_smolvlm_dir
 from benchmarks.servers import front
 from openpi_triton.loadgen.realtime import RealtimeRobot, lerobot_observer
@@ -227,8 +228,7 @@ def tables(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=("full", "tiny"), default="tiny")
-    parser.add_argument("--robots", default="1,4", help="comma-separated robot counts")
+    add_flags(parser, "size", "robots", size="tiny", robots=(1, 4))
     parser.add_argument("--control-hz", type=float, default=5.0)
     parser.add_argument("--seconds", type=float, default=60.0, help="per control-loop setting, over all rounds")
     parser.add_argument("--steps", type=int, default=15, help="closed-loop answers per robot, over all rounds")
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--output", type=Path, help="write the result as JSON here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="rtc-bench-") as workdir:
-        result = run(args.size, [int(n) for n in args.robots.split(",")], args.control_hz, args.seconds, args.steps,
+        result = run(args.size, list(args.robots), args.control_hz, args.seconds, args.steps,
                      args.chunk, Path(workdir), args.rounds)
     print(tables(result))
     print(json.dumps({key: value for key, value in result.items() if key not in ("loops", "capacity")}, indent=1))
